@@ -1,0 +1,116 @@
+"""The project folder layout: every artifact of one project lives under data/<project>/.
+
+Stages never build paths by hand; they ask this module, so a project or run name
+typed into the UI can never escape the workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from blocks.models import MODELS_DIR, REPO_ROOT
+
+DATA_DIR = Path(os.environ.get("UMTCDS_DATA_DIR", REPO_ROOT / "data"))
+CONFIGS_DIR = REPO_ROOT / "configs"
+DEFAULT_PROJECT = "demo"
+_NAME_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fff][A-Za-z0-9_.\-\u4e00-\u9fff]{0,63}$")
+
+
+class WorkspaceError(ValueError):
+    """A name or path that the workspace refuses; the message says what is allowed."""
+
+
+def check_name(name: str, what: str = "project name") -> str:
+    """Return `name` if it is a safe single folder name, else raise WorkspaceError."""
+    name = (name or "").strip()
+    if not _NAME_RE.match(name) or ".." in name:
+        raise WorkspaceError(
+            f"Invalid {what} {name!r}: use 1-64 letters, digits, Chinese characters, '-', '_' or '.', "
+            "starting with a letter or digit (no slashes)."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Project:
+    """Paths of one project's stage outputs (see ARCHITECTURE.md)."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def crawl_dir(self) -> Path:
+        return self.root / "crawl"
+
+    @property
+    def clean_dir(self) -> Path:
+        return self.root / "clean"
+
+    @property
+    def qa_dir(self) -> Path:
+        return self.root / "qa"
+
+    @property
+    def qa_file(self) -> Path:
+        return self.qa_dir / "qa.jsonl"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / check_name(run_id, "run id")
+
+
+def get_project(name: str = DEFAULT_PROJECT, data_dir: Path | None = None) -> Project:
+    """The project folder for `name` (created if missing)."""
+    root = Path(data_dir or DATA_DIR) / check_name(name)
+    root.mkdir(parents=True, exist_ok=True)
+    return Project(root)
+
+
+def list_projects(data_dir: Path | None = None) -> list[str]:
+    """Names of existing projects, sorted."""
+    base = Path(data_dir or DATA_DIR)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+
+def allowed_roots(extra: list[str] | None = None) -> list[Path]:
+    """Folders a path typed into the UI may point into: the workspace plus launch-time model roots."""
+    roots = [DATA_DIR, CONFIGS_DIR, MODELS_DIR]
+    env = os.environ.get("UMTCDS_MODEL_ROOTS", "")
+    roots += [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    roots += [Path(p) for p in (extra or [])]
+    return [r.resolve() for r in roots]
+
+
+def confine_path(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """Resolve `path` and return it if it lies under an allowed root, else raise WorkspaceError."""
+    raw = str(path).strip()
+    if not raw:
+        raise WorkspaceError("The path is empty: enter a folder inside the workspace.")
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    resolved = p.resolve()
+    roots = roots if roots is not None else allowed_roots()
+    for root in roots:
+        if resolved == root or root in resolved.parents:
+            return resolved
+    shown = ", ".join(str(r) for r in roots)
+    raise WorkspaceError(
+        f"{raw} is outside the workspace. Allowed: {shown}. "
+        "Start the app with --model-root DIR to allow another model folder."
+    )

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole suite (slow and browser tests included),
+# plus ruff. Extra arguments go to pytest, e.g. bash scripts/test.sh -m "not slow" -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "[test] installing Debian chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null
+fi
+
+echo "[test] ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "[test] pytest"
+exec .venv/bin/python -m pytest -q --timeout 900 "$@"
