@@ -106,3 +106,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def model_fingerprint(model_path: str | Path) -> dict:
+    """Identity of a base model folder: architecture numbers plus a hash of its weight index.
+
+    Stored with every adapter so a moved base model can be re-pointed (same fingerprint)
+    and an adapter for a different model is refused (different fingerprint).
+    """
+    import hashlib
+    import json
+
+    folder = Path(model_path)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    fingerprint = {k: config.get(k) for k in keys}
+    digest = hashlib.sha256()
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    for file in weights:
+        # The safetensors header lists every tensor name, shape and offset: cheap and distinctive.
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+    fingerprint["weights_sha256"] = digest.hexdigest()[:16] if weights else None
+    return fingerprint
