@@ -1,10 +1,132 @@
-"""UI tab: Crawl a campus site into clean page texts."""
+"""UI tab: Crawl a campus site into clean page texts (calls blocks.crawl)."""
 
 from __future__ import annotations
 
-from ui_common import UIContext, placeholder_tab
+from urllib.parse import urlsplit
+
+import gradio as gr
+
+from blocks.crawl import CrawlError, CrawlOptions, crawl_site, read_manifest, read_skipped, request_stop
+from blocks.workspace import WorkspaceError, get_project
+from ui_common import UIContext
+
+TABLE_HEADERS = ["id", "title", "url", "kind", "status", "chars"]
+
+
+def manifest_table(project: str) -> list[list]:
+    """Rows of the saved-pages table for a project."""
+    try:
+        crawl_dir = get_project(project).crawl_dir
+    except WorkspaceError:
+        return []
+    return [[d["id"], d["title"], d["url"], d.get("kind", ""), d["status"], d.get("chars", "")]
+            for d in read_manifest(crawl_dir)]  # fmt: skip
+
+
+def progress_markdown(ctx: UIContext, lang: str, progress, skipped: list[dict] | None = None) -> str:
+    """Counters, reasons and the latest event as Markdown in the session's language."""
+    pick = ctx.L.pick
+    lines = [
+        pick(lang, "**{status}** · fetched {f} · saved {s} (new {n}, changed {c}, unchanged {u}) · skipped {k} · queued {q}",
+             "**{status}** · 已抓取 {f} · 已保存 {s}（新 {n}，变更 {c}，未变 {u}）· 跳过 {k} · 待抓取 {q}").format(
+            status=progress.status, f=progress.fetched, s=progress.saved, n=progress.new, c=progress.changed,
+            u=progress.unchanged, k=progress.skipped, q=progress.queued),
+    ]  # fmt: skip
+    if progress.reasons:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(progress.reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(pick(lang, "Not saved / not followed: ", "未保存/未跟进：") + reasons)
+    if progress.last:
+        lines.append(f"`{progress.last}`")
+    if skipped:
+        lines.append(pick(lang, "Not saved (first 15):", "未保存的页面（前 15 个）："))
+        lines += [f"- {s['reason']}: {s['url']}" for s in skipped[:15]]
+    return "\n\n".join(lines[:3]) + ("\n" + "\n".join(lines[3:]) if len(lines) > 3 else "")
 
 
 def build_tab(ctx: UIContext) -> None:
     """Build the tab's components inside the current gr.Tab."""
-    placeholder_tab(ctx, 3, "Crawl a campus site into clean page texts", "爬取校园网站并提取正文")
+    L = ctx.L
+    gr.Markdown(
+        L(
+            "**Crawl only sites you are allowed to.** Ask the site owner (usually the campus IT office) "
+            "for permission first. The crawler obeys robots.txt, waits between requests and names itself "
+            "in its User-Agent.",
+            "**只爬取你有权爬取的网站。** 请先征得网站管理方（通常是学校网络中心）的同意。"
+            "爬虫遵守 robots.txt、请求之间会等待，并在 User-Agent 中标明身份。",
+        )
+    )
+    demo_state = gr.State(None)  # the DemoSite this session started (loopback server)
+    with gr.Row():
+        url = gr.Textbox(label=L("Start URL", "起始网址"), placeholder="https://www.example.edu.cn/", scale=4)
+        demo_btn = gr.Button(L("Try the demo site", "试用演示网站"), scale=1)
+    with gr.Row():
+        depth = gr.Number(value=3, precision=0, minimum=0, label=L("Max depth", "最大深度"))
+        pages = gr.Number(value=200, precision=0, minimum=1, label=L("Max pages", "最多页面数"))
+        delay = gr.Number(value=1.0, minimum=0, label=L("Delay between requests (s)", "请求间隔（秒）"))
+        concurrency = gr.Slider(1, 8, value=2, step=1, label=L("Concurrency", "并发数"))
+        attachments = gr.Checkbox(value=True, label=L("Include PDF/DOCX attachments", "包含 PDF/DOCX 附件"))
+    with gr.Row():
+        start_btn = gr.Button(L("Start crawl", "开始爬取"), variant="primary")
+        stop_btn = gr.Button(L("Stop", "停止"), variant="stop")
+    status = gr.Markdown(L("Not started.", "尚未开始。"))
+    table = gr.Dataframe(
+        headers=TABLE_HEADERS, value=[], label=L("Saved pages", "已保存的页面"), interactive=False, wrap=True
+    )
+
+    def on_demo(site, lang: str):
+        from blocks.demo_site import start_demo_site
+
+        if site is None:
+            try:
+                site = start_demo_site(host="127.0.0.1", port=0)
+            except OSError as exc:
+                raise gr.Error(
+                    ctx.L.pick(lang, f"Cannot start the demo site: {exc}", f"无法启动演示网站：{exc}")
+                ) from exc
+        return site.url + "/index.htm", 0.0, site
+
+    def on_start(
+        project, start_url, max_depth, max_pages, delay_s, conc, attach, site, lang, progress=gr.Progress()
+    ):
+        try:
+            crawl_dir = get_project(project).crawl_dir
+        except WorkspaceError as exc:
+            raise gr.Error(str(exc)) from exc
+        allowed = ()
+        if site is not None:
+            allowed = (urlsplit(site.url).netloc,)
+        options = CrawlOptions(
+            max_depth=int(max_depth or 0),
+            max_pages=int(max_pages or 1),
+            delay=float(delay_s if delay_s is not None else 1.0),
+            concurrency=int(conc),
+            include_attachments=bool(attach),
+            allow_private=not ctx.exposed,
+            allowed_origins=allowed,
+        )
+        try:
+            for state in crawl_site(start_url, crawl_dir, options):
+                total = max(1, min(options.max_pages, state.fetched + state.queued))
+                progress(state.fetched / total, desc=state.last[:80])
+                if state.finished:
+                    break
+                yield progress_markdown(ctx, lang, state), gr.skip()
+        except CrawlError as exc:
+            raise gr.Error(str(exc)) from exc
+        yield progress_markdown(ctx, lang, state, read_skipped(crawl_dir)), manifest_table(project)
+
+    def on_stop(project, lang):
+        try:
+            request_stop(get_project(project).crawl_dir)
+        except WorkspaceError as exc:
+            raise gr.Error(str(exc)) from exc
+        gr.Info(ctx.L.pick(lang, "Stopping after the pages in flight…", "正在停止，等待进行中的页面完成…"))
+
+    demo_btn.click(on_demo, inputs=[demo_state, ctx.lang], outputs=[url, delay, demo_state])
+    start_btn.click(
+        on_start,
+        inputs=[ctx.project, url, depth, pages, delay, concurrency, attachments, demo_state, ctx.lang],
+        outputs=[status, table],
+    )
+    stop_btn.click(on_stop, inputs=[ctx.project, ctx.lang], outputs=None)
+    ctx.project.change(manifest_table, inputs=ctx.project, outputs=table)

@@ -1,0 +1,297 @@
+"""Main-text extraction for campus pages: charset decoding, CMS furniture removal, trafilatura, clean-up.
+
+    python -m blocks.extract PAGE.html [--url URL]     # print the title and main text of a saved page
+
+`extract_main_text(html_bytes, url)` is the pure function the crawler, tests and benchmarks call;
+`read_html` returns the same text plus what the crawler needs from one parse (title, links,
+canonical, meta refresh, login form, encoding used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Declared charsets that browsers (WHATWG Encoding) decode with a superset; GBK-only characters such
+# as 镕 are common on sites that still declare gb2312.
+WIDER_CHARSET = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "gb_2312-80": "gb18030",
+    "csgb2312": "gb18030",
+    "big5": "big5hkscs",
+    "iso-8859-1": "cp1252",
+    "latin-1": "cp1252",
+    "latin1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+}
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.IGNORECASE)
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
+
+# Elements that are page furniture, never content.
+_DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside", "iframe", "select",
+              "button", "input", "textarea", "template", "svg")  # fmt: skip
+# class/id tokens that mark furniture on campus CMSs (VSB/Webplus/TRS/WordPress); matched as a whole
+# token or as a dash/underscore-separated part of one ("arti-tools", "cookie-banner").
+_FURNITURE_WORDS = (
+    "nav|navbar|menu|submenu|breadcrumb|breadcrumbs|crumb|crumbs|location|position|sidebar|side|aside|"
+    "leftside|rightside|footer|foot|bottom|copyright|cookie|cookies|consent|gdpr|share|print|tools|toolbar|"
+    "prev|next|prevnext|pre_next|friend|friendlink|links|topbar|top|search|skip|login|qrcode|ewm"
+)
+_FURNITURE_RE = re.compile(rf"(?:^|[-_])(?:{_FURNITURE_WORDS})(?:$|[-_])", re.IGNORECASE)
+# Whole-token only: "header" must not remove "arti-header" that holds the article title.
+_FURNITURE_EXACT = {"header", "head", "banner", "top-bar", "related", "relate", "xgxw", "fenxiang"}
+# Tokens that mark the article itself: never drop these even if they also look like furniture.
+_CONTENT_RE = re.compile(r"content|article|arti|news|main|text|detail|zhengwen|vsb|wp_art", re.IGNORECASE)
+
+# Lines that are CMS furniture in Chinese and English page templates.
+_FURNITURE_LINE = re.compile(
+    r"^\s*(?:上一篇|下一篇|上一条|下一条|上一页|下一页|previous|next|prev)\s*[:：]"
+    r"|^\s*(?:【?\s*(?:打印|关闭|关闭窗口|打印本页|分享|收藏|返回顶部|返回|字号|大|中|小)\s*】?\s*)+$"
+    r"|^\s*(?:当前位置|您的位置|你的位置|现在位置|位置)\s*[:：]"
+    r"|^\s*(?:print|close|share|back to top|close window)\s*$",
+    re.IGNORECASE,
+)
+_COUNTER = re.compile(
+    r"(?:浏览次数|点击次数|阅读次数|访问次数|浏览量|点击数|阅读量|views?|hits)\s*[:：]?\s*\d*\s*次?", re.I
+)
+_BRACKET_TOOLS = re.compile(r"【\s*(?:打印|关闭|关闭窗口|分享|收藏|大|中|小)\s*】")
+_TITLE_SPLIT = re.compile(r"\s*(?:--|——|-|_|\||｜|—)\s*")
+_BLOCK_TAGS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br", "table", "section",
+               "article", "blockquote", "pre", "dd", "dt", "ul", "ol", "td", "th"}  # fmt: skip
+
+
+@dataclass
+class HtmlPage:
+    """What one parse of an HTML document gives the crawler."""
+
+    text: str
+    title: str
+    encoding: str
+    links: list[str] = field(default_factory=list)  # raw href values, in document order
+    canonical: str | None = None
+    refresh: str | None = None  # target of <meta http-equiv=refresh>
+    has_login_form: bool = False
+
+
+def normalize_charset(name: str | None) -> str | None:
+    """A Python codec name for a declared charset (widened to its browser superset), or None if unknown."""
+    if not name:
+        return None
+    name = name.strip().strip("\"'").lower()
+    name = WIDER_CHARSET.get(name, name)
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def sniff_meta_charset(body: bytes) -> str | None:
+    """The charset a page declares in its first 4 KB (<meta charset> or http-equiv content type)."""
+    match = _META_CHARSET.search(body[:4096])
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def decode_html(body: bytes, declared: str | None = None) -> tuple[str, str]:
+    """Decode page bytes: strict UTF-8, then the declared charset if strict, then a detector.
+
+    `declared` is the HTTP header's charset; the page's own meta tag is tried after it.
+    Returns (text, encoding used).
+    """
+    if body.startswith(codecs.BOM_UTF8):
+        return body[3:].decode("utf-8", "replace"), "utf-8-sig"
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    for candidate in (declared, sniff_meta_charset(body)):
+        codec = normalize_charset(candidate)
+        if codec and codec != "utf-8":
+            try:
+                return body.decode(codec), codec
+            except UnicodeDecodeError:
+                continue  # a wrong declaration: let the detector decide
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body[:200_000]).best()
+    if best is not None and best.encoding:
+        codec = normalize_charset(best.encoding) or best.encoding
+        return body.decode(codec, "replace"), codec
+    # Undecodable by any guess: keep what is readable and say so in the recorded encoding.
+    return body.decode("utf-8", "replace"), "utf-8-lossy"
+
+
+def _class_tokens(element) -> list[str]:
+    return f"{element.get('class') or ''} {element.get('id') or ''}".split()
+
+
+def _is_furniture(element) -> bool:
+    """True for a container whose class/id names it as navigation, sidebar, footer, banner or tools."""
+    tokens = _class_tokens(element)
+    if not tokens:
+        return False
+    if any(_CONTENT_RE.search(t) for t in tokens) and not any(t.lower().startswith("cookie") for t in tokens):
+        return False
+    return any(t.lower() in _FURNITURE_EXACT or _FURNITURE_RE.search(t) for t in tokens)
+
+
+def _parse_tree(text: str):
+    import lxml.html
+
+    # lxml refuses str input that carries an XML encoding declaration.
+    text = _XML_DECL.sub("", text, count=1)
+    if not text.strip():
+        return None
+    try:
+        return lxml.html.document_fromstring(text)
+    except Exception as exc:  # lxml raises ParserError/XMLSyntaxError for non-HTML bytes
+        if exc.__class__.__name__ in ("ParserError", "XMLSyntaxError"):
+            return None
+        raise
+
+
+def _page_title(tree) -> str:
+    """The article heading if there is one h1, else <title> without the site-name suffix."""
+    h1 = [" ".join(h.text_content().split()) for h in tree.iter("h1")]
+    h1 = [h for h in h1 if h]
+    title_el = tree.find(".//title")
+    title = " ".join(title_el.text_content().split()) if title_el is not None else ""
+    if len(h1) == 1 and (not title or h1[0] in title or len(h1[0]) >= 4):
+        return h1[0]
+    if title:
+        parts = [p for p in _TITLE_SPLIT.split(title) if p]
+        # "Article - Office - University": the longest part is the article name.
+        return max(parts, key=len) if parts else title
+    return h1[0] if h1 else ""
+
+
+def _remove_furniture(tree) -> None:
+    """Drop scripts, navigation, sidebars, footers, cookie banners and CMS tool bars in place."""
+    for element in list(tree.iter(*_DROP_TAGS)):
+        if element.getparent() is not None:
+            element.drop_tree()
+    for element in list(tree.iter("div", "ul", "ol", "table", "section", "span", "p", "dl", "form")):
+        if element.getparent() is not None and _is_furniture(element):
+            element.drop_tree()
+
+
+def _block_text(root) -> str:
+    """Plain text of a cleaned tree with one block element per line (the fallback extractor)."""
+    lines: list[str] = []
+    buffer: list[str] = []
+
+    def flush() -> None:
+        line = " ".join("".join(buffer).split())
+        if line:
+            lines.append(line)
+        buffer.clear()
+
+    def walk(el) -> None:
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in _BLOCK_TAGS:
+            flush()
+        if el.text and tag:
+            buffer.append(el.text)
+        for child in el:
+            walk(child)
+            if child.tail:
+                buffer.append(child.tail)
+        if tag in _BLOCK_TAGS:
+            flush()
+
+    walk(root)
+    flush()
+    return "\n".join(lines)
+
+
+def clean_lines(text: str, title: str = "") -> str:
+    """Remove CMS furniture lines and view counters, collapse blanks and repeats; title goes first."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in text.splitlines():
+        line = _BRACKET_TOOLS.sub("", raw)
+        if _COUNTER.search(line):
+            line = _COUNTER.sub("", line)
+        line = " ".join(line.split())
+        if not line or _FURNITURE_LINE.search(line) or line in seen:
+            continue
+        seen.add(line)
+        out.append(line)
+    if title and not any(title in line for line in out[:3]):
+        out.insert(0, title)
+    return "\n".join(out)
+
+
+def read_html(body: bytes, url: str | None = None, declared_charset: str | None = None) -> HtmlPage:
+    """Decode and parse one HTML document: main text, title, links, canonical, refresh, login form."""
+    import trafilatura
+
+    text, encoding = decode_html(body, declared_charset)
+    tree = _parse_tree(text)
+    if tree is None:
+        return HtmlPage(text="", title="", encoding=encoding)
+    links = [a.get("href") for a in tree.iter("a", "area") if a.get("href")]
+    links += [f.get("src") for f in tree.iter("iframe", "frame") if f.get("src")]
+    canonical = None
+    for link in tree.iter("link"):
+        if "canonical" in (link.get("rel") or "").lower().split() and link.get("href"):
+            canonical = link.get("href").strip()
+            break
+    refresh = None
+    for meta in tree.iter("meta"):
+        if (meta.get("http-equiv") or "").lower() == "refresh":
+            match = re.search(r"url\s*=\s*['\"]?([^'\";]+)", meta.get("content") or "", re.IGNORECASE)
+            if match:
+                refresh = match.group(1).strip()
+    has_login = any((i.get("type") or "").lower() == "password" for i in tree.iter("input"))
+    title = _page_title(tree)
+
+    _remove_furniture(tree)
+    body_el = tree.find("body")
+    fallback = _block_text(body_el if body_el is not None else tree)
+    extracted = trafilatura.extract(
+        tree, url=url, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
+    )
+    # trafilatura drops short-paragraph pages (typical of Chinese notices); keep ours when it found
+    # much less than the cleaned page holds.
+    main = extracted if extracted and len(extracted) >= 0.5 * len(fallback) else fallback
+    return HtmlPage(
+        text=clean_lines(main, title),
+        title=title,
+        encoding=encoding,
+        links=links,
+        canonical=canonical,
+        refresh=refresh,
+        has_login_form=has_login,
+    )
+
+
+def extract_main_text(html: bytes, url: str | None = None) -> str:
+    """The main text of an HTML page (title first, one paragraph per line), from raw bytes."""
+    return read_html(html, url).text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the title and main text of a saved HTML file."""
+    parser = argparse.ArgumentParser(prog="python -m blocks.extract", description=__doc__.splitlines()[0])
+    parser.add_argument("page", help="an HTML file")
+    parser.add_argument("--url", default=None, help="the page's URL (helps resolve relative links)")
+    args = parser.parse_args(argv)
+    try:
+        body = Path(args.page).read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.page}: {exc.strerror}", file=sys.stderr)
+        return 2
+    page = read_html(body, args.url)
+    print(f"# {page.title}  ({page.encoding})\n{page.text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
