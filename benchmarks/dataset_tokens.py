@@ -1,6 +1,6 @@
 """Token-length stats for the Dataset stage: one batched tokenizer call vs per-record apply_chat_template.
 
-    python benchmarks/bench_dataset_tokens.py [--records 4000] [--model models/smollm2-135m-instruct]
+    python benchmarks/dataset_tokens.py [--records 4000] [--model models/smollm2-135m-instruct]
 
 Baseline (same run): what a straightforward implementation does, two apply_chat_template(tokenize=True)
 calls per record. Prints a table and writes benchmarks/_out/dataset_tokens.json.

@@ -52,8 +52,17 @@ def test_cli_refusal_is_a_message_not_a_traceback():
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("host,expected", [("127.0.0.1", True), ("localhost", True), ("::1", True),
-                                           ("0.0.0.0", False), ("192.168.1.4", False), ("example.org", False)])
+@pytest.mark.parametrize(
+    "host,expected",
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("192.168.1.4", False),
+        ("example.org", False),
+    ],
+)
 def test_is_loopback(host, expected):
     assert app.is_loopback(host) is expected
 
@@ -121,7 +130,11 @@ def test_every_stage_module_has_cli_help():
         if 'if __name__ == "__main__"' not in text:
             continue
         proc = subprocess.run(
-            [sys.executable, "-m", f"blocks.{stage}", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", f"blocks.{stage}", "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 0, f"blocks.{stage} --help failed: {proc.stderr[-500:]}"
         assert "usage" in proc.stdout.lower()
