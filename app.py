@@ -73,7 +73,9 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 def parse_args(argv: list[str] | None = None) -> LaunchSettings:
     """Read the command line; refuse to expose the app without a login."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=6006, help="port (default 6006, AutoDL's tunnel port)")
     parser.add_argument("--auth", default=None, help="user:password; or set UMTCDS_AUTH")

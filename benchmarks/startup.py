@@ -57,19 +57,29 @@ def time_import_gradio() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp()) / "data"
     data.mkdir()
     env = {**os.environ, "UMTCDS_DATA_DIR": str(data)}
-    rows: dict[str, list[float]] = {"import gradio": [], "hello gr.Blocks -> HTTP": [], "UMTCDS app.py -> HTTP": []}
+    rows: dict[str, list[float]] = {
+        "import gradio": [],
+        "hello gr.Blocks -> HTTP": [],
+        "UMTCDS app.py -> HTTP": [],
+    }
     for _ in range(args.repeat):
         rows["import gradio"].append(time_import_gradio())
         port = free_port()
-        rows["hello gr.Blocks -> HTTP"].append(time_to_http([sys.executable, "-c", HELLO, str(port)], port, env))
+        rows["hello gr.Blocks -> HTTP"].append(
+            time_to_http([sys.executable, "-c", HELLO, str(port)], port, env)
+        )
         port = free_port()
-        rows["UMTCDS app.py -> HTTP"].append(time_to_http([sys.executable, "app.py", "--port", str(port)], port, env))
+        rows["UMTCDS app.py -> HTTP"].append(
+            time_to_http([sys.executable, "app.py", "--port", str(port)], port, env)
+        )
     result = {name: {"median_s": statistics.median(v), "runs": v} for name, v in rows.items()}
     print(f"{'what':28} {'median s':>9}   runs")
     for name, r in result.items():

@@ -69,9 +69,7 @@ def prepare_default_model(target: Path = DEFAULT_MODEL_DIR, force: bool = False)
     tokenizer.add_bos_token = False
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.bfloat16)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
@@ -91,7 +89,9 @@ def prepare_default_model(target: Path = DEFAULT_MODEL_DIR, force: bool = False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="target folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     args = parser.parse_args(argv)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from browser import ARTIFACTS, browser_page, running_app
 
 import app
-from browser import ARTIFACTS, browser_page, running_app
 
 pytestmark = pytest.mark.browser
 
