@@ -2,6 +2,12 @@
 
     python -m blocks.extract PAGE.html [--url URL]     # print the title and main text of a saved page
 
+Pipeline: decode (never forcing UTF-8), drop furniture by tag/class, turn layout tables into divs,
+then take a known CMS article body (VSB/博达 v_news_content, WebPlus wp_articlecontent, TRS_Editor)
+whole if the page has one, else run trafilatura (falling back to the cleaned block text), and finally
+drop furniture lines (上一篇/下一篇, 打印/关闭, counters, bylines, copyright). Quality is measured by
+benchmarks/extraction_quality.py.
+
 `extract_main_text(html_bytes, url)` is the pure function the crawler, tests and benchmarks call;
 `read_html` returns the same text plus what the crawler needs from one parse (title, links,
 canonical, meta refresh, login form, encoding used).
@@ -42,7 +48,8 @@ _DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside",
 _FURNITURE_WORDS = (
     "nav|navbar|menu|submenu|breadcrumb|breadcrumbs|crumb|crumbs|location|position|sidebar|side|aside|"
     "leftside|rightside|footer|foot|bottom|copyright|cookie|cookies|consent|gdpr|share|print|tools|toolbar|"
-    "prev|next|prevnext|pre_next|friend|friendlink|links|topbar|top|search|skip|login|qrcode|ewm"
+    "prev|next|prevnext|pre_next|friend|friendlink|links|topbar|top|search|skip|login|qrcode|ewm|"
+    "leftbox|related|newsletter|feedback|alert|lm|pager|pagination|pb_sys_common"
 )
 _FURNITURE_RE = re.compile(rf"(?:^|[-_])(?:{_FURNITURE_WORDS})(?:$|[-_])", re.IGNORECASE)
 # Whole-token only: "header" must not remove "arti-header" that holds the article title.
@@ -55,14 +62,41 @@ _FURNITURE_LINE = re.compile(
     r"^\s*(?:上一篇|下一篇|上一条|下一条|上一页|下一页|previous|next|prev)\s*[:：]"
     r"|^\s*(?:【?\s*(?:打印|关闭|关闭窗口|打印本页|分享|收藏|返回顶部|返回|字号|大|中|小)\s*】?\s*)+$"
     r"|^\s*(?:当前位置|您的位置|你的位置|现在位置|位置)\s*[:：]"
-    r"|^\s*(?:print|close|share|back to top|close window)\s*$",
+    r"|^\s*(?:print|close|share|back to top|close window|was this page helpful\??)\s*$"
+    r"|^\s*last (?:updated|modified)\s*:"
+    r"|版权所有|copyright\s*(?:©|\(c\)|\d{4})|©\s*\d{4}|all rights reserved|ICP备|公网安备",
     re.IGNORECASE,
 )
 _COUNTER = re.compile(
-    r"(?:浏览次数|点击次数|阅读次数|访问次数|浏览量|点击数|阅读量|views?|hits)\s*[:：]?\s*\d*\s*次?", re.I
+    r"(?:浏览次数|点击次数|阅读次数|访问次数|浏览量|点击数|阅读量)\s*[:：]?\s*\d*\s*次?"
+    r"|已下载\s*\d*\s*次"
+    # English only as a labelled counter: "views" inside "overview"/"reviews" is prose.
+    r"|\b(?:page\s+)?(?:views?|hits|clicks?)\s*[:：]\s*\d*",
+    re.I,
+)
+# "点击：12" / "浏览：[34]次" without the word 次数: only with a colon, and only on a byline (a date on
+# the line) or with 次, so prose such as "点击下方链接" stays.
+_SHORT_COUNTER = re.compile(r"(?:点击|浏览|阅读|访问)\s*[:：]\s*\[?\s*\d*\s*\]?\s*次?")
+_DATE = re.compile(r"\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}")
+# Article metadata labels; a short line with two or more of them is the byline, not content.
+_META_LABEL = re.compile(
+    r"(?:发布时间|发布日期|发表时间|更新时间|来源|作者|编辑|责任编辑|发布者|发布人|责任部门)\s*[:：]"
 )
 _BRACKET_TOOLS = re.compile(r"【\s*(?:打印|关闭|关闭窗口|分享|收藏|大|中|小)\s*】")
 _TITLE_SPLIT = re.compile(r"\s*(?:--|——|-|_|\||｜|—)\s*")
+# Known article-body containers of Chinese campus CMSs (VSB/博达, WebPlus, TRS). When one holds the
+# text, it is the article: taking it whole keeps short notices and signature lines that a generic
+# extractor drops as boilerplate.
+_CMS_BODY_XPATH = (
+    "//div[contains(concat(' ', normalize-space(@class), ' '), ' v_news_content ')]"
+    " | //div[starts-with(@id, 'vsb_content')][not(.//div[@class='v_news_content'])]"
+    " | //div[contains(concat(' ', normalize-space(@class), ' '), ' wp_articlecontent ')]"
+    " | //div[contains(concat(' ', normalize-space(@class), ' '), ' TRS_Editor ')]"
+)
+# Separators between menu links ("首页 | 概况 · 师资"): a block with only these besides its links is a menu.
+_MENU_GLUE = re.compile(r"^[\s|｜·•/\\>»›\-–—、,，:：\[\]【】()（）]*$")
+_WORD_CHAR = re.compile(r"[^\W_]")
+_LAYOUT_INNER = ("table", "form", "div", "ul", "ol", "h1", "h2", "h3", "h4")
 _BLOCK_TAGS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br", "table", "section",
                "article", "blockquote", "pre", "dd", "dt", "ul", "ol", "td", "th"}  # fmt: skip
 
@@ -173,12 +207,63 @@ def _page_title(tree) -> str:
 
 def _remove_furniture(tree) -> None:
     """Drop scripts, navigation, sidebars, footers, cookie banners and CMS tool bars in place."""
+    # Accordion questions (FAQ pages) live in buttons: keep their text, drop the element only.
+    for button in list(tree.iter("button")):
+        parent = button.getparent()
+        if parent is not None and parent.tag in ("dt", "summary", "h2", "h3", "h4"):
+            button.drop_tag()
     for element in list(tree.iter(*_DROP_TAGS)):
         if element.getparent() is not None:
             element.drop_tree()
-    for element in list(tree.iter("div", "ul", "ol", "table", "section", "span", "p", "dl", "form")):
+    for element in list(
+        tree.iter("div", "ul", "ol", "table", "td", "li", "section", "span", "p", "dl", "form")
+    ):
         if element.getparent() is not None and _is_furniture(element):
             element.drop_tree()
+
+
+def _is_layout_table(table) -> bool:
+    """True for a table used for page layout (nested tables, forms, divs, lists, or one column)."""
+    if next(table.iterdescendants(*_LAYOUT_INNER), None) is not None:
+        return True
+    rows = list(table.iter("tr"))
+    return bool(rows) and all(len(row.findall("td")) + len(row.findall("th")) <= 1 for row in rows)
+
+
+def _unwrap_layout_tables(tree) -> None:
+    """Turn layout tables into divs so that extractors see paragraphs, not one giant table cell."""
+    for table in [t for t in tree.iter("table") if _is_layout_table(t)]:
+        # Only this table's own rows and cells: nested data tables are judged on their own.
+        parts = [e for e in table.iter("tbody", "thead", "tfoot", "tr", "td", "th")
+                 if next(e.iterancestors("table"), None) is table]  # fmt: skip
+        for element in (table, *parts):
+            element.tag = "div"
+
+
+def _is_menu(element) -> bool:
+    """True for a block of three or more short links joined only by separators (an unlabelled nav bar)."""
+    links = [" ".join(a.text_content().split()) for a in element.iter("a")]
+    if len(links) < 3 or any(len(text) > 12 for text in links):
+        return False
+    rest = element.text_content()
+    for text in links:
+        rest = rest.replace(text, "", 1)
+    return bool(_MENU_GLUE.match(rest))
+
+
+def _remove_menus(tree) -> None:
+    """Drop unlabelled navigation bars (old table-layout sites carry no class names to go by)."""
+    for element in list(tree.iter("div", "td", "p", "ul", "ol", "span")):
+        if element.getparent() is not None and _is_menu(element):
+            element.drop_tree()
+
+
+def _cms_body(tree):
+    """The CMS article-body container if the page has one with real text, else None."""
+    for element in tree.xpath(_CMS_BODY_XPATH):
+        if len("".join(element.text_content().split())) >= 20:
+            return element
+    return None
 
 
 def _block_text(root) -> str:
@@ -216,10 +301,15 @@ def clean_lines(text: str, title: str = "") -> str:
     seen: set[str] = set()
     for raw in text.splitlines():
         line = _BRACKET_TOOLS.sub("", raw)
-        if _COUNTER.search(line):
-            line = _COUNTER.sub("", line)
+        if len(_META_LABEL.findall(line)) >= 2 and len(line) < 160:
+            continue
+        line = _COUNTER.sub("", line)
+        if _DATE.search(line):
+            line = _SHORT_COUNTER.sub("", line)
+        else:
+            line = _SHORT_COUNTER.sub(lambda m: "" if m.group().endswith("次") else m.group(), line)
         line = " ".join(line.split())
-        if not line or _FURNITURE_LINE.search(line) or line in seen:
+        if not _WORD_CHAR.search(line) or _FURNITURE_LINE.search(line) or line in seen:
             continue
         seen.add(line)
         out.append(line)
@@ -253,14 +343,21 @@ def read_html(body: bytes, url: str | None = None, declared_charset: str | None 
     title = _page_title(tree)
 
     _remove_furniture(tree)
-    body_el = tree.find("body")
-    fallback = _block_text(body_el if body_el is not None else tree)
-    extracted = trafilatura.extract(
-        tree, url=url, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
-    )
-    # trafilatura drops short-paragraph pages (typical of Chinese notices); keep ours when it found
-    # much less than the cleaned page holds.
-    main = extracted if extracted and len(extracted) >= 0.5 * len(fallback) else fallback
+    _unwrap_layout_tables(tree)
+    cms_body = _cms_body(tree)
+    if cms_body is not None:
+        main = _block_text(cms_body)
+    else:
+        # Only outside a CMS body: inside one, a list of short links is content (a service index).
+        _remove_menus(tree)
+        body_el = tree.find("body")
+        fallback = _block_text(body_el if body_el is not None else tree)
+        extracted = trafilatura.extract(
+            tree, url=url, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
+        )
+        # trafilatura drops short-paragraph pages (typical of Chinese notices); keep ours when it found
+        # much less than the cleaned page holds.
+        main = extracted if extracted and len(extracted) >= 0.5 * len(fallback) else fallback
     return HtmlPage(
         text=clean_lines(main, title),
         title=title,
