@@ -37,10 +37,11 @@ def progress_markdown(ctx: UIContext, lang: str, progress, skipped: list[dict] |
         lines.append(pick(lang, "Not saved / not followed: ", "未保存/未跟进：") + reasons)
     if progress.last:
         lines.append(f"`{progress.last}`")
+    text = "\n\n".join(lines)
     if skipped:
-        lines.append(pick(lang, "Not saved (first 15):", "未保存的页面（前 15 个）："))
-        lines += [f"- {s['reason']}: {s['url']}" for s in skipped[:15]]
-    return "\n\n".join(lines[:3]) + ("\n" + "\n".join(lines[3:]) if len(lines) > 3 else "")
+        heading = pick(lang, "Not saved (first 15):", "未保存的页面（前 15 个）：")
+        text += "\n\n" + heading + "\n" + "\n".join(f"- {s['reason']}: {s['url']}" for s in skipped[:15])
+    return text
 
 
 def build_tab(ctx: UIContext) -> None:
