@@ -1,0 +1,249 @@
+"""GPU training check and throughput: the seed recipe vs the project's trainer, same model, same call.
+
+    python benchmarks/gpu_train.py --out DIR [--layers 40] [--steps 8] [--only seed,lora,ptuning]
+
+Builds a GLM-4-9B-shaped model (GlmConfig: vocab 151552, hidden 4096, 40 layers, 32 heads, 2 KV heads)
+with random bf16 weights on the GPU (throughput and memory do not depend on weight values), saves it
+with the tiny test tokenizer (ChatML template), writes a synthetic chat dataset, then:
+- seed: the seed's recipe in-process (LoRA r8 on q/k/v, batch 1 x 1025 tokens, gradient checkpointing,
+  torch.cuda.empty_cache() every step);
+- lora / ptuning: `python -m finetune.train CONFIG.yaml --run-dir ...` exactly as the app runs it.
+Tokens/s counts every token of each trained sequence; peak memory is nvidia-smi's reading (allocator
+cache + CUDA context) sampled every 200 ms, plus torch's max_memory_allocated where in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+class GpuMemoryPoller:
+    """Peak of nvidia-smi's memory.used (MiB) while the context is open."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            values = [int(v) for v in out.split() if v.strip().isdigit()]
+            if values:
+                self.peak_mib = max(self.peak_mib, values[0])
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def build_model(folder: Path, layers: int) -> None:
+    """Save a random GLM-4-9B-shaped bf16 model plus the tiny ChatML tokenizer to `folder`."""
+    import torch
+    from tiny import build_tiny_tokenizer
+    from transformers import GlmConfig, GlmForCausalLM
+
+    if (folder / "config.json").is_file():
+        return
+    config = GlmConfig(
+        vocab_size=151552,
+        hidden_size=4096,
+        intermediate_size=13696,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=2,
+        head_dim=128,
+        max_position_embeddings=8192,
+        eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = GlmForCausalLM(config).to(torch.bfloat16)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    build_tiny_tokenizer().save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+
+
+def write_dataset(folder: Path, records: int = 64) -> None:
+    """Chat records long enough to be truncated to max_input/max_output tokens."""
+    import random
+
+    rng = random.Random(0)
+    words = "library canteen dormitory scholarship registrar deadline 2025 campus notice office".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", records), ("dev", 4), ("test", 4)):
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+            for _ in range(n):
+                q = " ".join(rng.choice(words) for _ in range(1500))
+                a = " ".join(rng.choice(words) for _ in range(1500))
+                msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                fh.write(json.dumps({"messages": msgs}) + "\n")
+
+
+def run_seed_recipe(model_dir: Path, steps: int) -> dict:
+    """The seed's LoRA recipe in-process: r8 q/k/v, batch 1 x 1025, checkpointing, empty_cache each step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.cuda.reset_peak_memory_stats()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda")
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"])
+    )
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    seq = 1025
+    times = []
+    with GpuMemoryPoller() as poll:
+        for step in range(steps + 2):
+            ids = torch.randint(100, 150000, (1, seq), device="cuda")
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            if step >= 2:
+                times.append(time.perf_counter() - t)
+    step_s = sum(times) / len(times)
+    result = {
+        "recipe": "seed: LoRA r8 qkv, 1 x 1025, ckpt, empty_cache",
+        "tokens_per_s": seq / step_s,
+        "step_s": step_s,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_smi_gib": poll.peak_mib / 1024,
+    }
+    del model, opt
+    torch.cuda.empty_cache()
+    return result
+
+
+def run_project(model_dir: Path, data_dir: Path, out: Path, name: str, overrides: dict, steps: int) -> dict:
+    """Run finetune.train as the app does and read step times from progress.jsonl."""
+    import yaml
+
+    from blocks.config import load_config
+    from finetune.train import encode_conversation, read_chat_jsonl
+
+    cfg_dict = {
+        "base_model": str(model_dir),
+        "dataset_dir": str(data_dir),
+        "max_steps": steps + 3,
+        "logging_steps": 1,
+        "eval_steps": 100000,
+        "save_steps": 100000,
+        "warmup_ratio": 0.0,
+        **overrides,
+    }
+    cfg_path = out / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg_dict))
+    cfg = load_config(cfg_path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    first = read_chat_jsonl(data_dir / "train.jsonl")[0]
+    seq = len(encode_conversation(first, tok, cfg.max_input_length, cfg.max_output_length)["input_ids"])
+    run_dir = out / f"run-{name}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with GpuMemoryPoller() as poll, open(out / f"{name}.log", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "finetune.train", str(cfg_path), "--run-dir", str(run_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    events = [json.loads(x) for x in (run_dir / "progress.jsonl").read_text().splitlines()]
+    end = [e for e in events if e["event"] == "end"]
+    logs = [e for e in events if e["event"] == "log"]
+    result = {
+        "recipe": name,
+        "overrides": overrides,
+        "exit": proc.returncode,
+        "end": end[-1] if end else None,
+    }
+    if len(logs) >= 4:
+        # skip the first two logged steps (CUDA warm-up, allocator growth)
+        span = logs[-1]["time"] - logs[1]["time"]
+        n = logs[-1]["step"] - logs[1]["step"]
+        per_step = cfg.batch_size * cfg.grad_accum * seq
+        result.update(tokens_per_step=per_step, step_s=span / n, tokens_per_s=per_step * n / span)
+    result["peak_smi_gib"] = poll.peak_mib / 1024
+    result["first_loss"] = logs[0]["loss"] if logs else None
+    result["last_loss"] = logs[-1]["loss"] if logs else None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/glm9b"))
+    parser.add_argument("--layers", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--only", default="seed,lora,ptuning")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    build_model(args.model_dir, args.layers)
+    data_dir = args.out / "dataset"
+    write_dataset(data_dir)
+    wanted = args.only.split(",")
+    results = []
+    if "seed" in wanted:
+        results.append(run_seed_recipe(args.model_dir, args.steps))
+        print(results[-1], flush=True)
+    plans = {
+        # the gpu-24gb preset's shape: LoRA, checkpointing, 1024 tokens
+        "lora": {"method": "lora", "batch_size": 4, "grad_accum": 1, "max_input_length": 512,
+                 "max_output_length": 512, "gradient_checkpointing": "on"},
+        # the seed's P-tuning defaults: 512 virtual tokens, 128 + 512 tokens, effective batch 4
+        "ptuning": {"method": "ptuning", "ptuning": {"num_virtual_tokens": 512}, "batch_size": 1,
+                    "grad_accum": 4, "max_input_length": 128, "max_output_length": 512,
+                    "gradient_checkpointing": "off"},
+    }  # fmt: skip
+    for name, overrides in plans.items():
+        if name in wanted:
+            results.append(run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps))
+            print(results[-1], flush=True)
+    (args.out / "gpu_train.json").write_text(json.dumps(results, indent=2))
+    print(f"\n{'recipe':55} {'tokens/s':>9} {'step s':>7} {'peak GiB':>9}")
+    for r in results:
+        print(
+            f"{r['recipe'][:55]:55} {r.get('tokens_per_s', 0):9.0f} {r.get('step_s', 0):7.3f} {r['peak_smi_gib']:9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
