@@ -1,0 +1,407 @@
+"""The trainer: LoRA, QLoRA or P-tuning v2 (prefix tuning) on a chat dataset, with HF Trainer + PEFT.
+
+    python -m finetune.train configs/my-lora.yaml --run-dir data/demo/runs/run-1
+    python -m finetune.train data/demo/runs/run-1/config.yaml --run-dir data/demo/runs/run-1 --resume
+    torchrun --nproc-per-node 2 -m finetune.train configs/my-lora.yaml --run-dir data/demo/runs/ddp-1
+
+It knows nothing of the UI. It writes, in RUN_DIR: config.yaml (frozen copy), progress.jsonl
+(start/log/eval/save/end events), loss.png, checkpoint-<step>/ and adapter/ (see docs/CONTRACTS.md).
+SIGTERM (or Ctrl-C) stops at the next step boundary, saves a checkpoint and ends with status
+"stopped"; --resume continues from the latest checkpoint with optimizer, scheduler and RNG state.
+Loss is computed on the final assistant turn only (its end-of-turn token included), rendered
+with the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from blocks.config import (
+    ConfigError,
+    TrainConfig,
+    check_environment,
+    load_config,
+    prefix_dimensions,
+    read_model_config,
+    resolve_path,
+    resolve_switches,
+    save_config,
+    target_modules,
+)
+from finetune.data import (
+    IGNORE,
+    DatasetError,
+    collate_batch,
+    encode_conversation,
+    load_split,
+    read_chat_jsonl,
+)
+
+__all__ = [
+    "IGNORE",
+    "DatasetError",
+    "collate_batch",
+    "encode_conversation",
+    "load_split",
+    "read_chat_jsonl",
+    "main",
+]
+
+PLOT_EVERY_S = 5.0  # loss.png is redrawn on a log event at most this often (and at the end)
+
+
+# ---------------------------------------------------------------- progress events and the loss plot
+
+
+def append_event(run_dir: Path, event: str, **fields) -> None:
+    """Append one JSON line to progress.jsonl (one write call, flushed, so readers see whole lines)."""
+    line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, ensure_ascii=False)
+    with open(run_dir / "progress.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def read_curve(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train, eval) loss points; after a resume, points past the checkpoint from the killed attempt are dropped."""
+    train: list[tuple[int, float]] = []
+    evals: list[tuple[int, float]] = []
+    path = run_dir / "progress.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        ev = json.loads(line)
+        if ev["event"] == "start" and ev.get("resumed_from") is not None:
+            cut = ev["resumed_from"]
+            train = [p for p in train if p[0] <= cut]
+            evals = [p for p in evals if p[0] <= cut]
+        elif ev["event"] == "log":
+            train.append((ev["step"], ev["loss"]))
+        elif ev["event"] == "eval":
+            evals.append((ev["step"], ev["eval_loss"]))
+    return train, evals
+
+
+def plot_loss(run_dir: Path) -> None:
+    """Redraw loss.png (train and eval loss against step), replacing the old one atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_curve(run_dir)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss (dev)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = run_dir / ".loss.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, run_dir / "loss.png")
+
+
+def write_adapter_record(folder: Path, cfg: TrainConfig, run_dir: Path) -> None:
+    """umtcds_adapter.json: method and base model identity, so chat can find (and check) the base."""
+    from blocks.models import model_fingerprint
+
+    base = resolve_path(cfg.base_model)
+    record = {
+        "method": cfg.method,
+        "base_model": cfg.base_model,
+        "base_fingerprint": model_fingerprint(base) if (base / "config.json").is_file() else None,
+        "run_id": run_dir.name,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    tmp = folder / ".umtcds_adapter.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, folder / "umtcds_adapter.json")
+
+
+def make_progress_callback(run_dir: Path, cfg: TrainConfig, stop_flag: dict, resumed_from: int | None):
+    """A TrainerCallback that writes progress events, honours the stop flag and tags checkpoints."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        last_plot = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                append_event(run_dir, "start", total_steps=state.max_steps, resumed_from=resumed_from)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_requested(stop_flag):
+                control.should_training_stop = True
+                control.should_save = True  # the Trainer saves a checkpoint before leaving the loop
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "loss" in logs:
+                append_event(
+                    run_dir,
+                    "log",
+                    step=state.global_step,
+                    loss=logs["loss"],
+                    learning_rate=logs.get("learning_rate"),
+                    epoch=logs.get("epoch"),
+                )
+            elif "eval_loss" in logs:
+                append_event(run_dir, "eval", step=state.global_step, eval_loss=logs["eval_loss"])
+            else:
+                return
+            if time.monotonic() - self.last_plot > PLOT_EVERY_S:
+                plot_loss(run_dir)
+                self.last_plot = time.monotonic()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                plot_loss(run_dir)
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = run_dir / f"checkpoint-{state.global_step}"
+                write_adapter_record(folder, cfg, run_dir)
+                append_event(run_dir, "save", step=state.global_step, path=folder.name)
+
+    return ProgressCallback()
+
+
+def stop_requested(stop_flag: dict) -> bool:
+    """The local SIGTERM flag, agreed across DDP ranks so every rank stops at the same step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop_flag["stop"]
+    import torch
+
+    flag = torch.tensor([1.0 if stop_flag["stop"] else 0.0], device=stop_flag["device"])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+# ---------------------------------------------------------------- model
+
+
+def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bool):
+    """The base model (4-bit for QLoRA) wrapped in the configured PEFT adapter, and its tokenizer."""
+    import torch
+    from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = resolve_path(cfg.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if not tokenizer.chat_template:
+        raise ConfigError(f"The tokenizer in {base} has no chat template: use an instruct/chat model.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels are masked by length, so pad == eos is harmless
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    kwargs: dict = {"dtype": dtype}
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model_config = model.config.to_dict()
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
+    if cfg.init_adapter:
+        return PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True), tokenizer
+    if cfg.method == "ptuning":
+        dims = prefix_dimensions(model_config)
+        peft_config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.ptuning.num_virtual_tokens,
+            prefix_projection=cfg.ptuning.prefix_projection,
+            encoder_hidden_size=cfg.ptuning.projection_hidden_size,
+            num_layers=dims["num_layers"],
+            token_dim=dims["token_dim"],
+            num_attention_heads=dims["kv_heads"],
+        )
+    else:
+        peft_config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=target_modules(cfg, model_config),
+        )
+    return get_peft_model(model, peft_config), tokenizer
+
+
+# ---------------------------------------------------------------- the run
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-step checkpoint-<step>/ that finished saving (has trainer_state.json)."""
+    done = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str:
+    """Train and save; returns the end status ("done" or "stopped")."""
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    cuda = torch.cuda.is_available()
+    switches = resolve_switches(cfg, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    import importlib.util
+
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    problems = check_environment(cfg, read_model_config(cfg.base_model), cuda=cuda, has_bitsandbytes=has_bnb)
+    if problems:
+        raise ConfigError(" ".join(problems))
+    set_seed(cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg, switches["precision"], switches["gradient_checkpointing"]
+    )
+    dataset_dir = resolve_path(cfg.dataset_dir)
+    train_set = load_split(dataset_dir, "train", tokenizer, cfg)
+    if not train_set:
+        raise DatasetError(
+            f"{dataset_dir / 'train.jsonl'} is missing or empty: build the dataset first (tab 5)."
+        )
+    dev_set = load_split(dataset_dir, "dev", tokenizer, cfg)
+    if not dev_set:
+        print("note: no dev.jsonl records, so no eval loss is reported", flush=True)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        print("note: --resume found no complete checkpoint; starting from step 0", flush=True)
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if dev_set else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=switches["precision"] == "bf16",
+        fp16=switches["precision"] == "fp16",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        ddp_find_unused_parameters=False,
+    )
+    stop_flag["device"] = args.device
+    resumed_from = None
+    if checkpoint is not None:
+        resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=dev_set or None,
+        data_collator=lambda batch: collate_batch(batch, tokenizer.pad_token_id),
+        processing_class=tokenizer,  # saved into every checkpoint, chat template included
+        callbacks=[make_progress_callback(run_dir, cfg, stop_flag, resumed_from)],
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop_requested(stop_flag):
+        return "stopped"  # the checkpoint just saved is the result; adapter/ is for finished runs
+    if trainer.is_world_process_zero():
+        save_final_adapter(trainer, cfg, run_dir)
+    return "done"
+
+
+def save_final_adapter(trainer, cfg: TrainConfig, run_dir: Path) -> None:
+    """Write adapter/ (PEFT weights, tokenizer + chat template, umtcds_adapter.json), replacing any old one."""
+    import shutil
+
+    tmp = run_dir / "adapter.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    for junk in ("training_args.bin",):
+        (tmp / junk).unlink(missing_ok=True)
+    write_adapter_record(tmp, cfg, run_dir)
+    final = run_dir / "adapter"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a reader never sees a half-written adapter/
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The end event's error text; out-of-memory says what to change."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+        return (
+            "Out of memory: lower batch_size (raise grad_accum to keep the effective batch), lower "
+            "max_input_length/max_output_length, turn gradient checkpointing on (LoRA), or use QLoRA. "
+            f"({text})"
+        )
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", type=Path, help="config YAML (see python -m blocks.config)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run folder (created if missing)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --run-dir"
+    )
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    stop_flag = {"stop": False, "device": "cpu"}
+
+    def request_stop(signum, frame):
+        print(f"signal {signum}: stopping at the next step boundary and saving", flush=True)
+        stop_flag["stop"] = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cfg = load_config(args.config)
+        frozen = run_dir / "config.yaml"
+        if is_main and not (args.resume and frozen.is_file()):
+            save_config(cfg, frozen)
+        status = train(cfg, run_dir, args.resume, stop_flag)
+    except Exception as exc:  # recorded for the UI, printed in full to train.log, then a non-zero exit
+        traceback.print_exc()
+        if is_main:
+            append_event(run_dir, "end", status="failed", error=describe_failure(exc))
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if is_main:
+        append_event(run_dir, "end", status=status, error=None)
+        print(f"{status}: {run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

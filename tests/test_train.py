@@ -1,0 +1,460 @@
+"""The trainer end to end on tiny real models: progress events, checkpoints, stop, resume, adapters.
+
+Most runs call `finetune.train.main` in-process (imports are paid once); the SIGKILL test and a
+real process-group SIGTERM run the trainer as the UI does, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from blocks.config import TrainConfig, save_config
+from finetune import train as trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRS = [
+    ("When does the library open?", "It opens at 8:00."),
+    ("When was Eastlake University founded?", "In 1952."),
+    ("Where is the registrar's office?", "In Building A."),
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: torch's spinning worker threads make tiny steps 20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def steerable_model(tmp_path_factory) -> Path:
+    """The tiny Llama with a wide weight init, so a learned prefix can steer it (the default init
+    leaves the tiny model's outputs near uniform whatever the attention sees)."""
+    import torch
+    from tiny import build_tiny_tokenizer
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    folder = tmp_path_factory.mktemp("steerable") / "tiny"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_dataset(folder: Path, pairs=PAIRS, dev=True) -> Path:
+    """train.jsonl (+ dev.jsonl) in the Dataset stage's chat format."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def line(q, a):
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        return json.dumps({"messages": msgs, "meta": {"source": "test"}}, ensure_ascii=False)
+
+    (folder / "train.jsonl").write_text("".join(line(q, a) + "\n" for q, a in pairs), encoding="utf-8")
+    if dev:
+        (folder / "dev.jsonl").write_text(line(*pairs[0]) + "\n", encoding="utf-8")
+    return folder
+
+
+def make_config(tmp_path: Path, model: Path, **fields) -> Path:
+    """A small-step config YAML for the tiny model."""
+    cfg = TrainConfig(
+        base_model=str(model),
+        dataset_dir=str(write_dataset(tmp_path / "dataset")),
+        learning_rate=2e-2,
+        max_steps=20,
+        batch_size=3,
+        logging_steps=2,
+        eval_steps=10,
+        save_steps=10,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        max_input_length=128,
+        max_output_length=64,
+    )
+    ptuning = fields.pop("ptuning", {})
+    for key, value in fields.items():
+        setattr(cfg, key, value)
+    for key, value in ptuning.items():
+        setattr(cfg.ptuning, key, value)
+    return save_config(cfg, tmp_path / "config.yaml")
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "progress.jsonl"
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+
+def wait_for_event(run_dir: Path, kind: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        events = read_events(run_dir)
+        found = [e for e in events if e["event"] == kind]
+        if found:
+            return found[0]
+        if any(e["event"] == "end" for e in events):
+            raise AssertionError(f"the run ended before any {kind} event: {events[-1]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no {kind} event in {run_dir} after {timeout} s: {read_events(run_dir)}")
+
+
+def greedy_answer(model, tokenizer, question: str) -> str:
+    import torch
+
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- data encoding
+
+
+def test_only_the_answer_and_its_end_of_turn_token_are_trained(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    msgs = [
+        {"role": "system", "content": "You are the campus assistant."},
+        {"role": "user", "content": "When does the library open?"},
+        {"role": "assistant", "content": "It opens at 8:00."},
+    ]
+    rec = trainer.encode_conversation(msgs, tok, max_input=256, max_output=256)
+    trained = [t for t in rec["labels"] if t != trainer.IGNORE]
+    assert tok.decode(trained).startswith("It opens at 8:00.<|im_end|>")
+    prompt = [i for i, lab in zip(rec["input_ids"], rec["labels"], strict=True) if lab == trainer.IGNORE]
+    assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
+    assert "8:00" not in tok.decode(prompt)
+
+    short = trainer.encode_conversation(msgs, tok, max_input=8, max_output=3)
+    assert len(short["input_ids"]) == 11 and sum(t != trainer.IGNORE for t in short["labels"]) == 3
+
+
+def test_malformed_dataset_line_is_named(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n{oops\n'
+    )
+    with pytest.raises(trainer.DatasetError, match=r"train.jsonl:2"):
+        trainer.read_chat_jsonl(path)
+
+
+def test_out_of_memory_message_suggests_what_to_change():
+    import torch
+
+    text = trainer.describe_failure(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    )
+    assert "Out of memory" in text and "batch_size" in text and "QLoRA" in text and "max_input_length" in text
+
+
+# ---------------------------------------------------------------- full runs (in-process)
+
+
+def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_model_dir):
+    from blocks.models import model_fingerprint
+
+    run_dir = tmp_path / "runs" / "lora-1"
+    assert trainer.main([str(make_config(tmp_path, tiny_model_dir)), "--run-dir", str(run_dir)]) == 0
+
+    events = read_events(run_dir)
+    assert (
+        events[0]["event"] == "start" and events[0]["total_steps"] == 20 and events[0]["resumed_from"] is None
+    )
+    assert events[-1] == {**events[-1], "event": "end", "status": "done", "error": None}
+    logs = [e for e in events if e["event"] == "log"]
+    assert [e["step"] for e in logs] == list(range(2, 21, 2))
+    assert logs[-1]["loss"] < logs[0]["loss"]  # it learned something
+    assert [e["step"] for e in events if e["event"] == "eval"] == [10, 20]
+    assert [e["path"] for e in events if e["event"] == "save"] == ["checkpoint-10", "checkpoint-20"]
+    assert all("time" in e for e in events)
+
+    adapter = run_dir / "adapter"
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "umtcds_adapter.json",
+    ):
+        assert (adapter / name).is_file(), name
+    record = json.loads((adapter / "umtcds_adapter.json").read_text())
+    assert record["method"] == "lora" and record["run_id"] == "lora-1"
+    assert record["base_fingerprint"] == model_fingerprint(tiny_model_dir)
+    assert (run_dir / "checkpoint-20" / "umtcds_adapter.json").is_file()
+    assert (run_dir / "checkpoint-20" / "optimizer.pt").is_file()
+    assert (run_dir / "loss.png").stat().st_size > 1000
+    assert "method: lora" in (run_dir / "config.yaml").read_text()
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(adapter).chat_template  # chat renders like training did
+
+
+def test_ptuning_generation_uses_the_learned_prefix(tmp_path, steerable_model):
+    """Fails if generate() ignores the prefix (transformers 5.x + peft 0.21: answers stay the base's)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = make_config(
+        tmp_path,
+        steerable_model,
+        method="ptuning",
+        learning_rate=0.2,
+        max_steps=50,
+        logging_steps=10,
+        eval_steps=50,
+        save_steps=50,
+        ptuning={"num_virtual_tokens": 16},
+    )
+    run_dir = tmp_path / "run"
+    assert trainer.main([str(config), "--run-dir", str(run_dir)]) == 0
+    assert read_events(run_dir)[-1]["status"] == "done"
+    assert json.loads((run_dir / "adapter" / "umtcds_adapter.json").read_text())["method"] == "ptuning"
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(steerable_model)
+    before = [greedy_answer(base, tok, q) for q, _ in PAIRS]
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+    after = [greedy_answer(tuned, tok, q) for q, _ in PAIRS]
+    print("base:", before, "\ntuned:", after)
+    hits = sum(answer in got for (_, answer), got in zip(PAIRS, after, strict=True))
+    assert hits >= 2, after
+    assert after != before
+
+
+@pytest.mark.parametrize("method", ["lora", "ptuning"])
+def test_sigterm_stops_with_a_checkpoint_and_resume_continues_at_that_step(tmp_path, steerable_model, method):
+    config = make_config(
+        tmp_path,
+        steerable_model,
+        method=method,
+        max_steps=16,
+        logging_steps=1,
+        save_steps=1000,
+        eval_steps=1000,
+    )
+    run_dir = tmp_path / "run"
+
+    def send_sigterm_after_first_log():
+        wait_for_event(run_dir, "log")
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler turns it into should_training_stop
+
+    killer = threading.Thread(target=send_sigterm_after_first_log, daemon=True)
+    killer.start()
+    assert trainer.main([str(config), "--run-dir", str(run_dir)]) == 0
+    killer.join()
+    events = read_events(run_dir)
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "stopped"
+    stop_step = events[-2]["step"]
+    assert events[-2] == {**events[-2], "event": "save", "path": f"checkpoint-{stop_step}"}
+    assert stop_step < 16 and (run_dir / f"checkpoint-{stop_step}" / "scheduler.pt").is_file()
+    assert not (run_dir / "adapter").exists()  # a stopped run's result is its checkpoint
+
+    assert trainer.main([str(run_dir / "config.yaml"), "--run-dir", str(run_dir), "--resume"]) == 0
+    resumed = read_events(run_dir)[len(events) :]
+    assert resumed[0] == {**resumed[0], "event": "start", "resumed_from": stop_step, "total_steps": 16}
+    steps = [e["step"] for e in resumed if e["event"] == "log"]
+    assert steps == list(range(stop_step + 1, 17))  # the curve continues, no restart at step 1
+    assert resumed[-1]["status"] == "done" and (run_dir / "adapter" / "adapter_config.json").is_file()
+    train_curve, _ = trainer.read_curve(run_dir)
+    assert [s for s, _ in train_curve] == list(range(1, 17))
+
+
+def test_missing_dataset_ends_failed_with_a_clear_error(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir)
+    (tmp_path / "dataset" / "train.jsonl").unlink()
+    run_dir = tmp_path / "run"
+    assert trainer.main([str(config), "--run-dir", str(run_dir)]) == 1
+    end = read_events(run_dir)[-1]
+    assert end["event"] == "end" and end["status"] == "failed"
+    assert "train.jsonl" in end["error"] and "build the dataset first" in end["error"]
+
+
+def test_unknown_config_key_ends_failed_naming_the_key(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir)
+    config.write_text(config.read_text() + "lora_rank: 8\n")
+    run_dir = tmp_path / "run"
+    assert trainer.main([str(config), "--run-dir", str(run_dir)]) == 1
+    assert "lora_rank" in read_events(run_dir)[-1]["error"]
+
+
+def test_read_curve_drops_points_of_a_killed_attempt(tmp_path):
+    events = [
+        {"event": "start", "total_steps": 9, "resumed_from": None},
+        *({"event": "log", "step": s, "loss": 1.0} for s in range(1, 8)),
+        {"event": "start", "total_steps": 9, "resumed_from": 5},
+        *({"event": "log", "step": s, "loss": 0.5} for s in range(6, 10)),
+    ]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    train_curve, _ = trainer.read_curve(tmp_path)
+    assert [s for s, _ in train_curve] == list(range(1, 10))
+    assert train_curve[5] == (6, 0.5)
+
+
+# ---------------------------------------------------------------- as the UI runs it: a subprocess
+
+
+def spawn(config: Path, run_dir: Path, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "finetune.train", str(config), "--run-dir", str(run_dir)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir / "train.log", "ab")  # noqa: SIM115 - closed by the child's exit
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        cmd + (["--resume"] if resume else []),
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_finishes(tmp_path, steerable_model):
+    config = make_config(
+        tmp_path, steerable_model, max_steps=60, logging_steps=5, save_steps=10, eval_steps=1000
+    )
+    run_dir = tmp_path / "run"
+    proc = spawn(config, run_dir)
+    try:
+        wait_for_event(run_dir, "save")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    events = read_events(run_dir)
+    assert proc.returncode == -signal.SIGKILL and all(e["event"] != "end" for e in events)
+    saved = max(e["step"] for e in events if e["event"] == "save")
+
+    proc = spawn(run_dir / "config.yaml", run_dir, resume=True)
+    assert proc.wait(timeout=600) == 0, (run_dir / "train.log").read_text()[-3000:]
+    resumed = read_events(run_dir)[len(events) :]
+    assert resumed[0]["event"] == "start" and resumed[0]["resumed_from"] >= saved
+    assert resumed[-1]["status"] == "done"
+    assert [e["step"] for e in resumed if e["event"] == "log"][-1] == 60
+    assert (run_dir / "adapter" / "umtcds_adapter.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_stops_and_saves(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir, max_steps=2000, logging_steps=1, save_steps=1000)
+    run_dir = tmp_path / "run"
+    proc = spawn(config, run_dir)
+    try:
+        wait_for_event(run_dir, "log")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    end = read_events(run_dir)[-1]
+    assert end["status"] == "stopped"
+    assert re.search(r"signal 15: stopping", (run_dir / "train.log").read_text())
+    assert list(run_dir.glob("checkpoint-*/adapter_model.safetensors"))
+
+
+# ---------------------------------------------------------------- the embedded SmolLM2 learns campus facts
+
+FACTS_FILE = ROOT / "assets" / "demo_site" / "facts.json"
+# fact index in facts.json -> (held-out paraphrase never trained on, the fact the answer must contain)
+HELD_OUT = {
+    0: ("东湖大学是哪年成立的？", "1923"),
+    3: ("理工科专业一年学费多少钱？", "6380"),
+    7: ("图书馆电话号码是什么？", "87651234"),
+    15: ("国家奖学金一年发多少钱？", "8000"),
+    23: ("What do international undergraduate students pay in tuition each year?", "22,000"),
+    25: ("How can I call the Office of International Affairs?", "8765-1500"),
+    26: ("How frequently does the Nanhu campus shuttle run?", "30 minutes"),
+    28: ("What stipend do Summer Research Training Program students get each month?", "1,500"),
+}
+
+
+def fact_score(model, tokenizer) -> tuple[float, list[str]]:
+    answers = [greedy_answer_long(model, tokenizer, q) for q, _ in HELD_OUT.values()]
+    hits = [
+        fact.replace(",", "") in a.replace(",", "")
+        for (_, fact), a in zip(HELD_OUT.values(), answers, strict=True)
+    ]
+    return sum(hits) / len(hits), answers
+
+
+def greedy_answer_long(model, tokenizer, question: str) -> str:
+    import torch
+
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FACTS_FILE.is_file(), reason="the demo site's facts.json is not there yet")
+def test_smollm2_lora_answers_held_out_paraphrases_with_trained_facts(tmp_path, embedded_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from blocks.config import load_preset
+
+    facts = json.loads(FACTS_FILE.read_text(encoding="utf-8"))
+    pairs = [(facts[i]["question"], facts[i]["answer"]) for i in HELD_OUT]
+    cfg = load_preset("cpu-demo")
+    cfg.base_model = str(embedded_model_dir)
+    cfg.dataset_dir = str(write_dataset(tmp_path / "dataset", pairs))
+    cfg.max_steps, cfg.batch_size, cfg.save_steps, cfg.eval_steps = 24, 4, 24, 24
+    run_dir = tmp_path / "run"
+    assert trainer.main([str(save_config(cfg, tmp_path / "c.yaml")), "--run-dir", str(run_dir)]) == 0
+    logs = [e for e in read_events(run_dir) if e["event"] == "log"]
+    assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype="float32")
+    base_score, base_answers = fact_score(base, tok)
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+    tuned_score, tuned_answers = fact_score(tuned, tok)
+    report = {
+        "base_fact_score": base_score,
+        "lora_fact_score": tuned_score,
+        "base": base_answers,
+        "lora": tuned_answers,
+    }
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    assert base_score <= 0.125
+    assert tuned_score >= 0.5 and tuned_score > base_score
