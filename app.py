@@ -64,8 +64,11 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     if not value:
         return None
     user, sep, password = value.partition(":")
-    if not sep or not user or not password:
+    if not sep or not user.strip() or not password.strip():
         raise LaunchError("--auth must look like user:password (both non-empty).")
+    if user != user.strip() or any(ch.isspace() for ch in user):
+        raise LaunchError("The --auth user name must not contain spaces.")
+    # The value itself is never echoed: it holds the password.
     if len(password) < 8:
         raise LaunchError("The password is shorter than 8 characters: choose a longer one.")
     return user, password
@@ -90,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
         "--model-root", action="append", default=[], help="extra folder models may be loaded from"
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise LaunchError(
+            f"--port {args.port} is out of range: choose a port from 1 to 65535 (default 6006)."
+        )
+    check_host(args.host)
+    roots = [check_model_root(root) for root in args.model_root]
     auth = parse_auth(args.auth or os.environ.get("UMTCDS_AUTH"))
     if not is_loopback(args.host) and auth is None and not args.insecure_no_auth:
         raise LaunchError(
@@ -98,7 +107,41 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
             "or --insecure-no-auth if you really mean it."
         )
     check_name(args.project)
-    return LaunchSettings(args.host, args.port, auth, args.lang, args.project, args.model_root)
+    return LaunchSettings(args.host, args.port, auth, args.lang, args.project, roots)
+
+
+def check_host(host: str) -> None:
+    """Refuse a bind address that is neither an IP address nor a name this machine resolves."""
+    import socket
+
+    if not host.strip():
+        raise LaunchError(
+            "--host is empty: use 127.0.0.1 (this machine only) or 0.0.0.0 (exposed, with --auth)."
+        )
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as exc:
+        raise LaunchError(
+            f"--host {host!r} is not an IP address or a known host name: use 127.0.0.1 or 0.0.0.0."
+        ) from exc
+
+
+def check_model_root(root: str) -> str:
+    """A --model-root must be an existing folder and not the whole filesystem or a system folder."""
+    path = os.path.realpath(os.path.expanduser(root))
+    if not os.path.isdir(path):
+        raise LaunchError(f"--model-root {root} is not an existing folder: create it or fix the path.")
+    if path in ("/", os.path.realpath(os.path.expanduser("~"))) or path in ("/etc", "/root", "/home", "/usr"):
+        raise LaunchError(
+            f"--model-root {root} would let the UI open any file under {path}: name the folder that holds "
+            "the models (for example /root/autodl-tmp/models)."
+        )
+    return path
 
 
 def build_app(settings: LaunchSettings | None = None):
@@ -167,14 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_app(settings)
     url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"UMTCDS running at http://{url_host}:{settings.port}", flush=True)
-    demo.queue(default_concurrency_limit=4).launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        auth=settings.auth,
-        show_api=False,
-        quiet=True,
-        inbrowser=False,
-    )
+    try:
+        demo.queue(default_concurrency_limit=4).launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            auth=settings.auth,
+            show_api=False,
+            quiet=True,
+            inbrowser=False,
+        )
+    except OSError as exc:  # port taken, or an address this machine does not have
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

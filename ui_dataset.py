@@ -122,6 +122,15 @@ def format_preview(preview: list[str], lang: str) -> str:
     return "\n\n".join([title, *blocks])
 
 
+def whole_number(value, what: str) -> int:
+    """An integer from a Number field; an emptied field gets a message instead of a TypeError."""
+    if value is None or value == "":
+        raise ds.DatasetError(f"{what} is empty: enter a whole number.")
+    if float(value) != int(value):
+        raise ds.DatasetError(f"{what} must be a whole number, got {value}.")
+    return int(value)
+
+
 def default_input(project_name: str) -> str:
     """The Inputs box's default: the project's qa.jsonl."""
     return shown_path(get_project(project_name).qa_file)
@@ -221,13 +230,13 @@ def build_tab(ctx: UIContext) -> None:
                 paths += ds.import_files(project.root, [Path(f) for f in files])
             options = ds.DatasetOptions(
                 ratios=ds.parse_split_ratios(split_text),
-                seed=int(seed_value or 0),
+                seed=whole_number(seed_value, "Seed"),
                 system_prompt=system_text or "",
                 cite_source=bool(cite_on),
-                max_question_chars=int(max_question),
-                max_answer_chars=int(max_answer),
-                max_input_length=int(max_input),
-                max_output_length=int(max_output),
+                max_question_chars=whole_number(max_question, "Drop questions longer than"),
+                max_answer_chars=whole_number(max_answer, "Drop answers longer than"),
+                max_input_length=whole_number(max_input, "Max input tokens"),
+                max_output_length=whole_number(max_output, "Max output tokens"),
             )
             chosen = confine_path(model_path) if (model_path or "").strip() else None
             report = ds.build_dataset(

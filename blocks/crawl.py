@@ -71,7 +71,10 @@ SNIFF_TYPES = {"application/octet-stream", "application/force-download", "applic
 MIN_TEXT_CHARS = 20
 # Failures that say nothing about whether a page still exists: its earlier copy stays in the manifest.
 TRANSIENT_REASONS = {"timeout", "connection error", "unreachable", "http 429", "http 500", "http 502",
-                     "http 503", "http 504", "too large", "stopped"}  # fmt: skip
+                     "http 503", "http 504", "too large", "stopped", "truncated body", "request failed"}  # fmt: skip
+BINARY_CONTROL_SHARE = (
+    0.05  # more control bytes than this in the first 8 KB: not text, whatever the header says
+)
 
 
 class CrawlError(ValueError):
@@ -359,17 +362,30 @@ def check_address(url: str, options: CrawlOptions) -> None:
     if f"{host}:{port}" in options.allowed_origins:
         return
     try:
+        # getaddrinfo also decodes the spellings browsers accept (2130706433, 0x7f.1, 127.1), so what is
+        # checked is the address the request will really go to.
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise FetchFailed("unreachable", f"cannot resolve {host}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeError) as exc:
+        raise FetchFailed(
+            "unreachable", f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
+        if not is_public_address(address):
             raise FetchFailed(
                 "private address",
-                f"{host} resolves to {address}, a private/loopback address; the app is exposed, so only "
-                "public sites (and the built-in demo site) may be crawled",
+                f"{host} resolves to {address}, a private/loopback/link-local address; the app is exposed, "
+                "so only public sites (and the built-in demo site) may be crawled",
             )
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for globally routable unicast addresses; IPv4 wrapped in IPv6 (::ffff:127.0.0.1) is unwrapped."""
+    if isinstance(address, ipaddress.IPv6Address):
+        wrapped = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if wrapped is not None and not is_public_address(wrapped):
+            return False
+    return address.is_global and not address.is_multicast
 
 
 class HostGate:
@@ -408,15 +424,29 @@ def fetch_robots(session, origin: str, options: CrawlOptions) -> RobotFileParser
     import requests
 
     rules = RobotFileParser(origin + "/robots.txt")
-    try:
-        response = session.get(
-            origin + "/robots.txt",
-            headers={"User-Agent": options.user_agent},
-            timeout=(options.connect_timeout, options.read_timeout),
-        )
-    except requests.RequestException as exc:
-        raise FetchFailed("unreachable", f"cannot reach {origin}: {exc.__class__.__name__}") from exc
-    if response.status_code >= 500:
+    url = origin + "/robots.txt"
+    # Redirects are followed by hand so that each hop passes check_address (no detour to 169.254.169.254).
+    for _hop in range(options.max_redirects + 1):
+        check_address(url, options)
+        try:
+            response = session.get(
+                url,
+                headers={"User-Agent": options.user_agent},
+                timeout=(options.connect_timeout, options.read_timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise FetchFailed("unreachable", f"cannot reach {origin}: {exc.__class__.__name__}") from exc
+        target = canonical_url(response.headers.get("Location", ""), url) if response.is_redirect else None
+        if target is None:
+            break
+        url = target
+    else:
+        rules.allow_all = True  # RFC 9309: more than five redirects = robots.txt unavailable
+        return rules
+    if response.is_redirect:
+        rules.allow_all = True
+    elif response.status_code >= 500:
         rules.disallow_all = True
     elif response.status_code >= 400:
         rules.allow_all = True
@@ -533,7 +563,8 @@ def fetch_document(
                 kind = classify_content(content_type, disposition, head)
             if kind.startswith("skip:"):
                 # Closing without reading tells the server to stop sending the body.
-                raise FetchFailed(kind[5:].split(" (")[0], kind[5:])
+                reason, _, detail = kind[5:].partition(" (")
+                raise FetchFailed(reason, detail.rstrip(")"))
             if length.isdigit() and int(length) > options.max_bytes:
                 raise FetchFailed("too large", f"{length} bytes")
             if kind != "html" and not options.include_attachments:
@@ -548,9 +579,28 @@ def fetch_document(
         outcome.reason, outcome.detail = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
     except (requests.Timeout, requests.ConnectionError) as exc:  # raised while streaming the body
         outcome.reason, outcome.detail = "timeout", exc.__class__.__name__
+    except requests.exceptions.ChunkedEncodingError as exc:
+        # A reset mid-body or a Content-Length the server did not honour: what arrived is incomplete.
+        outcome.reason, outcome.detail = "truncated body", _short_cause(exc)
+    except requests.RequestException as exc:  # an invalid URL or header the server sent
+        outcome.reason, outcome.detail = "request failed", _short_cause(exc)
     except Stopped:
         outcome.reason = "stopped"
     return outcome
+
+
+def _short_cause(exc: Exception) -> str:
+    """The exception's class and message, short enough for skipped.jsonl."""
+    return f"{exc.__class__.__name__}: {exc}"[:200]
+
+
+def looks_binary(body: bytes) -> bool:
+    """True when the start of a body is mostly control bytes (an image or archive served as text/html)."""
+    head = body[:8192]
+    if not head or head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text has NUL bytes by design
+        return False
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    return controls > BINARY_CONTROL_SHARE * len(head)
 
 
 def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str | None) -> None:
@@ -558,6 +608,9 @@ def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str 
     from pypdf.errors import PyPdfError
 
     url = outcome.final_url
+    if outcome.kind == "html" and looks_binary(body):
+        outcome.reason, outcome.detail = "binary content", "served as HTML but is not text"
+        return
     if outcome.kind == "html":
         page = read_html(body, url, declared)
         outcome.encoding, outcome.title, outcome.text = page.encoding, page.title, page.text
@@ -589,8 +642,37 @@ def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text via a temporary file and os.replace, so readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind, even a temporary one
+        raise
+
+
+def trim_torn_tail(path: Path) -> None:
+    """Cut a last line that a kill or a full disk left without its newline, so appends start clean."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(max(0, size - 1_000_000))
+        tail = fh.read()
+        cut = tail.rfind(b"\n")
+        fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
+
+
+def disk_error(out: Path, exc: OSError) -> CrawlError:
+    """The message for a write that failed (full disk, quota, permissions): what happened and what to do."""
+    return CrawlError(
+        f"Cannot write to {out}: {exc.strerror or exc}. Nothing saved so far is lost: free some disk space "
+        "(or choose another folder) and run the crawl again to resume."
+    )
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
@@ -753,6 +835,7 @@ class CrawlRun:
             if "url" in row:
                 latest[row["url"]] = row
         if resume:
+            trim_torn_tail(path)
             self.run_number = last["run"]
             self.current = {u: r for u, r in latest.items() if r["run"] == self.run_number}
             older: dict[str, dict] = {}
@@ -764,8 +847,12 @@ class CrawlRun:
             self.run_number = (last["run"] + 1) if last else 1
             self.previous = latest
             # Compact: keep only the latest record per URL, so the log does not grow run after run.
-            write_jsonl_atomic(path, list(latest.values()))
-        self.log = path.open("a", encoding="utf-8")
+            try:
+                write_jsonl_atomic(path, list(latest.values()))
+            except OSError as exc:
+                raise disk_error(self.out, exc) from exc
+        # Unbuffered: nothing waits in memory, so closing after a failed write cannot fail again.
+        self.log = path.open("ab", buffering=0)
         if not resume:
             self.append(
                 {"event": "run", "run": self.run_number, "start_url": self.start_url, "time": now_iso()}
@@ -782,9 +869,13 @@ class CrawlRun:
                     self.hashes.append((int(doc["simhash"], 16), doc["url"]))
 
     def append(self, row: dict) -> None:
-        """Append one line to the state log and flush it (a killed crawl loses at most this line)."""
-        self.log.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.log.flush()
+        """Append one line to the state log, unbuffered (a killed crawl or full disk tears at most this line)."""
+        data = memoryview((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        try:
+            while data:
+                data = data[self.log.write(data) :]
+        except OSError as exc:
+            raise disk_error(self.out, exc) from exc
 
     def robots_for(self, url: str) -> RobotFileParser | None:
         """robots.txt rules of the URL's origin, fetched once (None = host unreachable)."""
@@ -886,7 +977,10 @@ class CrawlRun:
 
     def save_text(self, doc_id: int, text: str) -> str:
         relative = f"pages/{doc_id:06d}.txt"
-        write_text_atomic(self.out / relative, text + "\n")
+        try:
+            write_text_atomic(self.out / relative, text + "\n")
+        except OSError as exc:
+            raise disk_error(self.out, exc) from exc
         return relative
 
     def handle(self, outcome: Outcome) -> None:
@@ -968,6 +1062,14 @@ class CrawlRun:
             "timeout": "The site did not answer in time; try again later.",
             "login wall": "The page needs a login; start from a public page.",
             "robots.txt": "The site's robots.txt forbids crawling it.",
+            "http 404": "The page does not exist: check the address (copy it from the browser's address bar).",
+            "redirect loop": "The page redirects in a circle: open it in a browser and start from where it ends.",
+            "too many redirects": "The page redirects too often: start from the address it finally shows.",
+            "too large": "The page is larger than the crawler accepts: start from a smaller index page.",
+            "truncated body": "The server cut the page off mid-transfer: try again later.",
+            "binary content": "The address serves a file, not a web page: start from an HTML page.",
+            "private address": "Only public sites (and the built-in demo site) may be crawled while the app "
+            "is exposed.",
         }
         if (
             reason.startswith("unsupported type")
@@ -1004,6 +1106,12 @@ class CrawlRun:
         return sorted(docs.values(), key=lambda d: d["id"])
 
     def write_outputs(self, done: bool) -> None:
+        try:
+            self._write_outputs(done)
+        except OSError as exc:
+            raise disk_error(self.out, exc) from exc
+
+    def _write_outputs(self, done: bool) -> None:
         write_jsonl_atomic(self.out / "pages.jsonl", self.manifest_rows(done))
         skipped = [
             {
@@ -1074,11 +1182,13 @@ class CrawlRun:
             pool.shutdown(wait=True, cancel_futures=True)
             for session in self.sessions:
                 session.close()
-            if status != "failed":
-                self.write_outputs(done=status == "done")
-                self.append({"event": "end", "run": self.run_number, "status": status, "time": now_iso()})
-            self.log.close()
-            (self.out / STOP_FILE).unlink(missing_ok=True)
+            try:
+                if status != "failed":  # "failed" here is an error on its way out: keep the run resumable
+                    self.write_outputs(done=status == "done")
+                    self.append({"event": "end", "run": self.run_number, "status": status, "time": now_iso()})
+            finally:
+                self.log.close()
+                (self.out / STOP_FILE).unlink(missing_ok=True)
         self.progress.finished, self.progress.status, self.progress.queued = True, status, 0
         self.progress.last = f"{status}: {self.progress.saved} saved, {self.progress.skipped} skipped"
         yield self.progress

@@ -130,6 +130,10 @@ def parse_qa_jsonl(text: str, name: str) -> tuple[list[QAPair], list[str]]:
             items = json.loads(stripped)
         except json.JSONDecodeError as exc:
             return [], [f"{name}:{exc.lineno}: not valid JSON ({exc.msg})"]
+        except RecursionError:
+            return [], [f"{name}:1: JSON nested too deeply to be a QA list"]
+        if not isinstance(items, list):
+            return [], [f"{name}:1: expected a list of objects with 'question' and 'answer'"]
         numbered = [(f"{name}[{i}]", item) for i, item in enumerate(items)]
     else:
         numbered = []
@@ -140,6 +144,8 @@ def parse_qa_jsonl(text: str, name: str) -> tuple[list[QAPair], list[str]]:
                 numbered.append((f"{name}:{lineno}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 problems.append(f"{name}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                problems.append(f"{name}:{lineno}: JSON nested too deeply")
     for where, obj in numbered:
         pair = _pair_from_object(obj, where, problems)
         if pair is not None:
@@ -436,7 +442,20 @@ def make_dataset_info(project: str) -> dict:
 
 def read_text_file(path: Path) -> str:
     """Decode a file as UTF-8 (BOM tolerated), falling back to GB18030 for older Chinese Windows files."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows Notepad's "Unicode"
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{path.name} is neither UTF-8 nor GB18030 text (it starts like UTF-16 but is not): "
+                "save it as UTF-8."
+            ) from exc
+    if b"\x00" in data[:8192]:
+        raise DatasetError(f"{path.name} is a binary file, not text: import .jsonl/.json/.txt QA files.")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -490,7 +509,10 @@ def import_files(project_dir: Path, paths: list[Path]) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     copied = []
     for path in paths:
-        dest = target / Path(path).name  # name only: an upload can never write outside imports/
+        name = Path(path).name
+        if name in ("", ".", ".."):
+            raise DatasetError(f"Cannot import {path}: it has no file name.")
+        dest = target / name  # name only: an upload can never write outside imports/
         if Path(path).resolve() != dest.resolve():
             shutil.copyfile(path, dest)
         copied.append(dest)
@@ -510,7 +532,13 @@ def load_tokenizer(model_path: str | Path):
         )
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        raise DatasetError(
+            f"The tokenizer in {folder} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:200]}): "
+            "choose a complete model folder."
+        ) from exc
     if not tokenizer.chat_template:
         raise DatasetError(
             f"The tokenizer in {folder} has no chat template: choose an instruct/chat model, "
@@ -575,13 +603,35 @@ def compute_token_stats(splits: dict[str, list[dict]], tokenizer, options: Datas
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, then rename over it (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_all_atomic(path.parent, {path.name: text})
+
+
+def write_all_atomic(folder: Path, files: dict[str, str]) -> None:
+    """Write every file to a temp file first and rename only when all are on disk.
+
+    A full disk then fails before any rename: the previous train/dev/test stay together, never a new
+    train beside an old test (which could leak test questions into training). Raises DatasetError.
+    """
+    folder = Path(folder)
+    tmps: dict[Path, Path] = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            tmps[tmp] = folder / name
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in tmps.items():
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise DatasetError(
+            f"Cannot write the dataset to {folder}: {exc.strerror or exc}. The previous dataset files are "
+            "unchanged; free some disk space (or fix the folder's permissions) and build again."
+        ) from exc
 
 
 def to_jsonl(records: list[dict]) -> str:
@@ -600,12 +650,19 @@ def read_dataset(dataset_dir: Path) -> dict[str, list[dict]]:
     problems: list[str] = []
     for split in SPLITS:
         path = Path(dataset_dir) / f"{split}.jsonl"
+        if path.is_dir():
+            raise DatasetError(f"{path} is a folder, not a file: remove it and build the dataset again.")
         if not path.is_file():
             raise DatasetError(
                 f"{path} is missing: build the dataset first (tab 5, or python -m blocks.dataset)."
             )
         records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path.name}: not UTF-8 (byte {exc.start}): rebuild the dataset")
+            continue
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 problems.append(f"{path.name}:{lineno}: empty line")
                 continue
@@ -613,6 +670,8 @@ def read_dataset(dataset_dir: Path) -> dict[str, list[dict]]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 problems.append(f"{path.name}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                problems.append(f"{path.name}:{lineno}: JSON nested too deeply")
         splits[split] = records
     if problems:
         raise DatasetValidationError(problems)
@@ -660,6 +719,8 @@ def build_dataset(
     project_dir = Path(project_dir)
     qa_file = project_dir / "qa" / "qa.jsonl"
     paths = [Path(p) for p in inputs] if inputs else [qa_file]
+    if qa_file.is_dir():
+        raise DatasetError(f"{qa_file} is a folder, not a file: move it away and run QA generation again.")
     if not qa_file.is_file() and qa_file.resolve() in {p.resolve() for p in paths}:
         raise DatasetError(
             f"No QA pairs: {qa_file} does not exist. Run QA generation (tab 4) first, or import "
@@ -671,6 +732,13 @@ def build_dataset(
     drops = {"malformed": len(problems), **cleaned.drops} if problems else dict(cleaned.drops)
     if not cleaned.kept:
         hint = f" First problem: {problems[0]}" if problems else ""
+        if not pairs and not problems:
+            hint = " The input is empty: it holds no question/answer entries."
+        if {"question_too_long", "answer_too_long"} & drops.keys():
+            hint += (
+                f" Limits: questions up to {options.max_question_chars} and answers up to "
+                f"{options.max_answer_chars} characters (raise them in Options or with --max-answer-chars)."
+            )
         raise DatasetError(
             f"No usable QA pairs in {', '.join(p.name for p in paths)} (dropped: {drops or 'none read'}).{hint}"
         )
@@ -707,10 +775,10 @@ def build_dataset(
     }
     progress(0.8, "writing")
     out = project_dir / "dataset"
-    for split in SPLITS:
-        write_atomic(out / f"{split}.jsonl", to_jsonl(splits[split]))
-    write_atomic(out / "dataset_info.json", json.dumps(make_dataset_info(project_dir.name), indent=2) + "\n")
-    write_atomic(out / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
+    files = {f"{split}.jsonl": to_jsonl(splits[split]) for split in SPLITS}
+    files["dataset_info.json"] = json.dumps(make_dataset_info(project_dir.name), indent=2) + "\n"
+    files["stats.json"] = json.dumps(stats, ensure_ascii=False, indent=2) + "\n"
+    write_all_atomic(out, files)
     validate_dataset(out)
     preview = []
     if tokenizer is not None:
@@ -802,6 +870,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (DatasetError, WorkspaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an input that cannot be read (permissions, a device, a vanished file)
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(format_summary(report))
     for text in report.preview:

@@ -25,8 +25,8 @@ class WorkspaceError(ValueError):
 
 def check_name(name: str, what: str = "project name") -> str:
     """Return `name` if it is a safe single folder name, else raise WorkspaceError."""
-    name = (name or "").strip()
-    if not _NAME_RE.match(name) or ".." in name:
+    name = (name or "").strip() if isinstance(name, str) else ""
+    if not _NAME_RE.fullmatch(name) or ".." in name:
         raise WorkspaceError(
             f"Invalid {what} {name!r}: use 1-64 letters, digits, Chinese characters, '-', '_' or '.', "
             "starting with a letter or digit (no slashes)."
@@ -74,8 +74,18 @@ class Project:
 
 def get_project(name: str = DEFAULT_PROJECT, data_dir: Path | None = None) -> Project:
     """The project folder for `name` (created if missing)."""
-    root = Path(data_dir or DATA_DIR) / check_name(name)
-    root.mkdir(parents=True, exist_ok=True)
+    base = Path(data_dir or DATA_DIR)
+    root = base / check_name(name)
+    # A project folder that is a symlink out of data/ would let every stage write elsewhere.
+    if root.is_symlink() and not root.resolve().is_relative_to(base.resolve()):
+        raise WorkspaceError(
+            f"Project {name!r} is a link to {root.resolve()}, outside the workspace {base}: "
+            "remove the link or choose another project name."
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkspaceError(f"Cannot create the project folder {root}: {exc.strerror or exc}.") from exc
     return Project(root)
 
 
@@ -101,10 +111,15 @@ def confine_path(path: str | Path, roots: list[Path] | None = None) -> Path:
     raw = str(path).strip()
     if not raw:
         raise WorkspaceError("The path is empty: enter a folder inside the workspace.")
-    p = Path(raw).expanduser()
-    if not p.is_absolute():
-        p = REPO_ROOT / p
-    resolved = p.resolve()
+    if "\x00" in raw:
+        raise WorkspaceError("The path contains a NUL character: type a plain folder path.")
+    try:
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            p = REPO_ROOT / p
+        resolved = p.resolve()
+    except (RuntimeError, OSError) as exc:  # ~unknownuser, symlink loops, names too long
+        raise WorkspaceError(f"{raw[:200]} cannot be used as a path ({exc}).") from exc
     roots = roots if roots is not None else allowed_roots()
     for root in roots:
         if resolved == root or root in resolved.parents:

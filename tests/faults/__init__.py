@@ -1,0 +1,1 @@
+"""Fault-injection tests: killed processes, broken servers, full disks (each bounded in time)."""
