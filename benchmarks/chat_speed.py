@@ -1,6 +1,6 @@
 """Chat speed: plain PEFT generate (baseline) vs blocks.chat streaming vs the merged LoRA export.
 
-    python benchmarks/chat_speed.py   # (proposed location) [--model BASE] [--tokens 64] [--repeats 3] [--random-1b]
+    python benchmarks/chat_speed.py [--model BASE] [--tokens 64] [--repeats 3] [--random-1b]
 Prints a table and writes benchmarks/_out/chat_speed.json. Same model, same prompt, same run.
 """
 
