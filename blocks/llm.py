@@ -1,0 +1,622 @@
+"""Chat clients for the LLM stages: Zhipu AI, any OpenAI-compatible server, or a local HF model.
+
+All three offer `chat(messages, max_tokens=, temperature=) -> str`, `count_tokens(text)` and
+`context_tokens`; `make_client(ClientSettings(...))` picks one. `run_requests` runs many requests
+through a client: a bounded thread pool with retries for the HTTP backends, length-sorted
+left-padded batches for the local one. Stage functions (blocks.clean, blocks.qa) take the client.
+
+    python -m blocks.llm --backend openai --base-url http://127.0.0.1:8000/v1 --model qwen "Hello"
+    python -m blocks.llm --backend zhipu "你好"                   # key from ZHIPUAI_API_KEY
+    python -m blocks.llm --backend local --model-path models/smollm2-135m-instruct "Hi"
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("zhipu", "openai", "local")
+DEFAULT_ZHIPU_MODEL = "glm-4-flash"
+DEFAULT_ZHIPU_URL = "https://open.bigmodel.cn/api/paas/v4"
+ZHIPU_CONTENT_FILTER = "1301"
+ZHIPU_RATE_LIMIT = {"1302", "1303", "1305"}  # concurrency, frequency, traffic limits
+
+Messages = list[dict[str, str]]
+
+
+# ---------------------------------------------------------------- errors
+
+
+class LLMError(RuntimeError):
+    """A chat request failed; `reason` is a short label used in run summaries."""
+
+    reason = "error"
+    retryable = False
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(LLMError):
+    reason, retryable = "rate_limited", True
+
+
+class ServerError(LLMError):
+    reason, retryable = "server_error", True
+
+
+class LLMConnectionError(LLMError):
+    reason, retryable = "connection", True
+
+
+class LLMTimeoutError(LLMError):
+    reason, retryable = "timeout", True
+
+
+class MalformedResponseError(LLMError):
+    reason, retryable = "malformed_response", True
+
+
+class EmptyOutputError(LLMError):
+    reason, retryable = "empty_output", True
+
+
+class ContentFilterError(LLMError):
+    """The provider refused the content (Zhipu 1301); retrying the same text will not help."""
+
+    reason = "content_filter"
+
+
+class AuthError(LLMError):
+    reason = "auth"
+
+
+class BadRequestError(LLMError):
+    reason = "bad_request"
+
+
+class ContextOverflowError(LLMError):
+    reason = "context_overflow"
+
+
+class OutOfMemoryError(LLMError):
+    reason = "out_of_memory"
+
+
+class StoppedError(LLMError):
+    reason = "stopped"
+
+
+class SettingsError(ValueError):
+    """Client settings that cannot work; the message says what to change."""
+
+
+# ---------------------------------------------------------------- settings and protocol
+
+
+@dataclass
+class ClientSettings:
+    """Which backend to use and how; the API key is held only in memory and never shown."""
+
+    backend: str = "zhipu"
+    model: str = ""  # API model name; empty = backend default
+    base_url: str = ""  # empty = backend default
+    api_key: str = field(default="", repr=False)
+    model_path: str = ""  # local backend: HF folder
+    timeout: float = 120.0  # seconds per HTTP request
+    batch_size: int = 8  # local backend
+    context_tokens: int = 0  # 0 = backend default / model config
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped, honouring Retry-After."""
+
+    max_attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    item_timeout: float = 300.0  # total seconds one item may spend, retries included
+
+
+class StopSignal(Protocol):
+    """Anything with is_set(): a threading.Event, or blocks.clean.StopFlag (a file)."""
+
+    def is_set(self) -> bool: ...
+
+
+class ChatClient(Protocol):
+    backend: str
+    model: str
+    context_tokens: int
+
+    def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """Conservative token estimate for hosted models whose tokenizer we cannot load offline.
+
+    Chinese characters are counted as one token each (GLM/Qwen average ~0.7), other text as one
+    token per 3 characters (English averages ~4), so chunks never exceed the real limit.
+    """
+    cjk = len(re.findall(r"[\u3000-\u9fff\uff00-\uffef]", text))
+    return cjk + (len(text) - cjk + 2) // 3
+
+
+# ---------------------------------------------------------------- HTTP clients
+
+
+def _error_code(response) -> str | None:
+    """The provider's error code from a JSON error body ({"error": {"code": ...}}), if any."""
+    try:
+        body = json.loads(response.text)
+    except (ValueError, AttributeError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if code is not None else None
+
+
+def _retry_after(response) -> float | None:
+    """Seconds from a Retry-After header (numeric form only; dates are rare for LLM APIs)."""
+    value = getattr(response, "headers", {}).get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def translate_status_error(status: int, response, message: str) -> LLMError:
+    """Map an HTTP error response of either SDK to one of our errors."""
+    code = _error_code(response)
+    short = message[:300]
+    if code == ZHIPU_CONTENT_FILTER:
+        return ContentFilterError(f"content filter refused the request (code 1301): {short}")
+    if status == 429 or code in ZHIPU_RATE_LIMIT:
+        return RateLimitedError(f"rate limited (HTTP {status}, code {code})", _retry_after(response))
+    if status in (401, 403):
+        return AuthError(f"the API key was refused (HTTP {status}): check the key and the base URL")
+    if status >= 500 or status in (408, 409):
+        return ServerError(f"server error HTTP {status}: {short}", _retry_after(response))
+    return BadRequestError(f"request refused HTTP {status}: {short}")
+
+
+def _content_of(completion) -> str:
+    """The assistant text of a completion, or a specific error when there is none."""
+    try:
+        choice = completion.choices[0]
+        content = choice.message.content
+        finish = getattr(choice, "finish_reason", None)
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise MalformedResponseError(
+            f"the response has no choices[0].message: {str(completion)[:200]}"
+        ) from exc
+    if finish in ("content_filter", "sensitive"):
+        raise ContentFilterError(f"the provider filtered the output (finish_reason={finish})")
+    if not isinstance(content, str):
+        raise MalformedResponseError(f"the response content is not text: {content!r:.200}")
+    if not content.strip():
+        raise EmptyOutputError("the model returned an empty answer")
+    return content
+
+
+class OpenAIClient:
+    """Any OpenAI-compatible endpoint (vLLM, Ollama, LM Studio, DeepSeek, blocks.serve)."""
+
+    backend = "openai"
+
+    def __init__(
+        self, base_url: str, model: str, api_key: str = "", timeout: float = 120.0, context_tokens=0
+    ):
+        import openai
+
+        if not base_url:
+            raise SettingsError(
+                "OpenAI-compatible backend: enter the server's base URL, e.g. http://host:8000/v1"
+            )
+        if not model:
+            raise SettingsError("OpenAI-compatible backend: enter the model name the server serves")
+        self.model = model
+        self.context_tokens = context_tokens or 32768
+        # Local servers ignore the key but the SDK insists on one.
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._sdk = openai
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str:
+        sdk = self._sdk
+        try:
+            completion = self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
+        except sdk.APITimeoutError as exc:
+            raise LLMTimeoutError(f"the request timed out: {exc}") from exc
+        except sdk.APIConnectionError as exc:
+            raise LLMConnectionError(f"cannot reach the server: {exc}") from exc
+        except sdk.APIStatusError as exc:
+            raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
+        except sdk.APIResponseValidationError as exc:
+            raise MalformedResponseError(f"malformed response: {exc}") from exc
+        except ValueError as exc:  # JSON decoding of a truncated body
+            raise MalformedResponseError(f"malformed response body: {exc}") from exc
+        if isinstance(completion, str):  # the SDK hands back unparseable bodies as text
+            raise MalformedResponseError(f"malformed response body: {completion[:200]}")
+        return _content_of(completion)
+
+
+class ZhipuClient:
+    """Zhipu AI (GLM) through the zhipuai SDK; default model glm-4-flash."""
+
+    backend = "zhipu"
+
+    def __init__(
+        self, api_key: str = "", model: str = "", base_url: str = "", timeout: float = 120.0, context_tokens=0
+    ):
+        import zhipuai
+
+        key = api_key or os.environ.get("ZHIPUAI_API_KEY", "")
+        if not key:
+            raise SettingsError(
+                "Zhipu backend: enter an API key or set the ZHIPUAI_API_KEY environment variable"
+            )
+        self.model = model or DEFAULT_ZHIPU_MODEL
+        self.context_tokens = context_tokens or 128000
+        self._sdk = zhipuai
+        self._client = zhipuai.ZhipuAI(
+            api_key=key, base_url=base_url or DEFAULT_ZHIPU_URL, timeout=timeout, max_retries=0
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str:
+        from zhipuai.core import _errors as zerr
+
+        # Zhipu refuses temperature 0 on some models; 0.01 is its documented near-greedy value.
+        temperature = min(max(temperature, 0.01), 0.99)
+        try:
+            completion = self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
+        except zerr.APITimeoutError as exc:
+            raise LLMTimeoutError(f"the request timed out: {exc}") from exc
+        except zerr.APIConnectionError as exc:
+            raise LLMConnectionError(f"cannot reach the server: {exc}") from exc
+        except zerr.APIStatusError as exc:
+            raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
+        except zerr.ZhipuAIError as exc:
+            raise MalformedResponseError(f"malformed response: {exc}") from exc
+        except ValueError as exc:
+            raise MalformedResponseError(f"malformed response body: {exc}") from exc
+        if isinstance(completion, str):
+            raise MalformedResponseError(f"malformed response body: {completion[:200]}")
+        return _content_of(completion)
+
+
+# ---------------------------------------------------------------- local model
+
+# One in-process model at a time, shared by every caller: a GPU is one resource, and loading a
+# second copy per session/tab would run out of memory. The lock serialises loading and generation.
+_LOCAL_LOCK = threading.RLock()
+_LOCAL_MODELS: dict[str, tuple[object, object]] = {}
+
+
+def load_local_model(model_path: str):
+    """Return (model, tokenizer) for `model_path`, loading it once; a different path replaces it."""
+    from pathlib import Path
+
+    key = str(Path(model_path).resolve())
+    with _LOCAL_LOCK:
+        if key in _LOCAL_MODELS:
+            return _LOCAL_MODELS[key]
+        if not (Path(key) / "config.json").is_file():
+            raise SettingsError(f"{model_path} is not a Hugging Face model folder (no config.json)")
+        unload_local_models()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cuda = torch.cuda.is_available()
+        tokenizer = AutoTokenizer.from_pretrained(key)
+        tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            key, dtype=torch.bfloat16 if cuda else torch.float32, device_map="cuda" if cuda else None
+        )
+        model.eval()
+        _LOCAL_MODELS[key] = (model, tokenizer)
+        log.info("loaded local model %s on %s", key, "cuda" if cuda else "cpu")
+        return model, tokenizer
+
+
+def unload_local_models() -> int:
+    """Drop every cached local model and free its (GPU) memory; returns how many were unloaded."""
+    with _LOCAL_LOCK:
+        count = len(_LOCAL_MODELS)
+        _LOCAL_MODELS.clear()
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return count
+
+
+def loaded_local_models() -> list[str]:
+    """Paths of the models currently held in memory."""
+    return list(_LOCAL_MODELS)
+
+
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    min_new_tokens=0,
+) -> list[list[int]]:
+    """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    device = next(model.parameters()).device
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 0.9}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            pad_token_id=pad_id,
+            **sampling,
+        )
+    return [row[width:].tolist() for row in out.cpu()]
+
+
+class LocalClient:
+    """A Hugging Face model in this process: fp32 on CPU, bf16 on GPU, batched generation."""
+
+    backend = "local"
+
+    def __init__(self, model_path: str, batch_size: int = 8, context_tokens: int = 0) -> None:
+        if not model_path:
+            raise SettingsError("Local backend: enter a model folder (default: the embedded SmolLM2)")
+        self.model_path = model_path
+        self.model = os.path.basename(os.path.normpath(model_path))
+        self.batch_size = max(1, batch_size)
+        self._context = context_tokens
+
+    @property
+    def context_tokens(self) -> int:
+        if self._context:
+            return self._context
+        model, _ = load_local_model(self.model_path)
+        return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+
+    def count_tokens(self, text: str) -> int:
+        _, tokenizer = load_local_model(self.model_path)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: Messages) -> list[int]:
+        """Token ids of the chat prompt with the generation prompt appended."""
+        _, tokenizer = load_local_model(self.model_path)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str:
+        return self.chat_batch([messages], max_tokens, temperature)[0]
+
+    def chat_batch(
+        self, batch: list[Messages], max_tokens: int = 1024, temperature: float = 0.3
+    ) -> list[str]:
+        """Answer several conversations in one left-padded generate() call; order is kept."""
+        with _LOCAL_LOCK:
+            model, tokenizer = load_local_model(self.model_path)
+            prompts = [self.encode_chat(m) for m in batch]
+            limit = self.context_tokens
+            for prompt in prompts:
+                if len(prompt) + max_tokens > limit:
+                    raise ContextOverflowError(
+                        f"prompt of {len(prompt)} tokens + {max_tokens} new tokens exceeds the model's "
+                        f"context of {limit}: lower the chunk size"
+                    )
+            import torch
+
+            try:
+                outs = generate_ids(model, prompts, tokenizer.pad_token_id, max_tokens, temperature)
+            except torch.cuda.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"GPU out of memory generating {len(prompts)} answers at once: lower the batch size "
+                    "or the chunk size, or unload the model held by another tab"
+                ) from exc
+        texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+        return texts
+
+
+# ---------------------------------------------------------------- choosing and running
+
+
+def make_client(settings: ClientSettings) -> ChatClient:
+    """Build the client `settings.backend` names; raises SettingsError with what to fill in."""
+    if settings.backend == "zhipu":
+        return ZhipuClient(
+            settings.api_key, settings.model, settings.base_url, settings.timeout, settings.context_tokens
+        )
+    if settings.backend == "openai":
+        return OpenAIClient(
+            settings.base_url, settings.model, settings.api_key, settings.timeout, settings.context_tokens
+        )
+    if settings.backend == "local":
+        from blocks.models import default_model_path
+
+        path = settings.model_path or default_model_path()
+        return LocalClient(path, settings.batch_size, settings.context_tokens)
+    raise SettingsError(f"unknown backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry `attempt` (1-based): Retry-After if given, else full-jitter backoff."""
+    if retry_after is not None:
+        return min(retry_after, policy.max_delay)
+    cap = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+    return rng.uniform(cap / 2, cap)
+
+
+def chat_with_retry(
+    client: ChatClient,
+    messages: Messages,
+    max_tokens: int = 1024,
+    temperature: float = 0.3,
+    policy: RetryPolicy = RetryPolicy(),
+    stop: StopSignal | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> str:
+    """One chat request, retried on rate limits, 5xx, timeouts and malformed/empty answers."""
+    rng = rng or random.Random()
+    deadline = time.monotonic() + policy.item_timeout
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            return client.chat(messages, max_tokens=max_tokens, temperature=temperature)
+        except LLMError as exc:
+            if not exc.retryable or attempt == policy.max_attempts:
+                raise
+            delay = backoff_delay(attempt, policy, exc.retry_after, rng)
+            if time.monotonic() + delay > deadline:
+                raise LLMTimeoutError(
+                    f"gave up after {attempt} attempts ({policy.item_timeout:.0f} s): {exc}"
+                ) from exc
+            log.info("retry %d after %.1f s: %s", attempt, delay, exc.reason)
+            if stop is not None and stop.is_set():
+                raise StoppedError("stopped by the user") from exc
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Request:
+    """One chat request of a batch run."""
+
+    messages: Messages
+    max_tokens: int = 1024
+    temperature: float = 0.3
+
+
+def run_requests(
+    client: ChatClient,
+    requests: list[Request],
+    concurrency: int = 4,
+    policy: RetryPolicy = RetryPolicy(),
+    stop: StopSignal | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[tuple[int, str | LLMError]]:
+    """Yield (index, answer or LLMError) as requests finish; a failure never stops the others.
+
+    HTTP clients run `concurrency` requests at a time with retries; a LocalClient runs
+    length-sorted batches of its batch_size (similar lengths waste little padding).
+    When `stop` is set no new request starts; requests already sent finish in the background.
+    """
+    if isinstance(client, LocalClient):
+        order = sorted(range(len(requests)), key=lambda i: -len(json.dumps(requests[i].messages)))
+        size = client.batch_size
+        for start in range(0, len(order), size):
+            if stop is not None and stop.is_set():
+                return
+            group = order[start : start + size]
+            first = requests[group[0]]
+            try:
+                texts = client.chat_batch(
+                    [requests[i].messages for i in group], first.max_tokens, first.temperature
+                )
+            except LLMError as exc:
+                for i in group:
+                    yield i, exc
+                continue
+            for i, text in zip(group, texts, strict=True):
+                yield i, (text if text.strip() else EmptyOutputError("the model returned an empty answer"))
+        return
+
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llm")
+    pending = {}
+    queue = list(enumerate(requests))[::-1]
+    try:
+        while queue or pending:
+            while queue and len(pending) < concurrency and not (stop is not None and stop.is_set()):
+                i, req = queue.pop()
+                fut = pool.submit(
+                    chat_with_retry,
+                    client,
+                    req.messages,
+                    req.max_tokens,
+                    req.temperature,
+                    policy,
+                    stop,
+                    sleep,
+                )
+                pending[fut] = i
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                try:
+                    yield i, fut.result()
+                except LLMError as exc:
+                    yield i, exc
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("prompt", help="user message")
+    parser.add_argument("--backend", choices=BACKENDS, default="zhipu")
+    parser.add_argument("--model", default="", help="API model name (zhipu default glm-4-flash)")
+    parser.add_argument("--base-url", default="", help="API base URL")
+    parser.add_argument("--model-path", default="", help="local backend: HF model folder")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    settings = ClientSettings(args.backend, args.model, args.base_url, model_path=args.model_path)
+    try:
+        client = make_client(settings)
+        print(chat_with_retry(client, [{"role": "user", "content": args.prompt}], args.max_tokens))
+    except (SettingsError, LLMError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,618 @@
+"""Generate question-answer pairs from cleaned (or raw) pages: -> qa/qa.jsonl, resumable.
+
+Per page: token chunks with overlap -> one request per chunk asking for JSON pairs (the number of
+questions scales with the chunk's length) -> parse (JSON, or Q:/A:, Q：/A：, numbered, bold forms;
+<think> removed) -> drop questions that do not stand alone and answers not supported by the chunk
+(lexical check, optionally an LLM judge) -> optional paraphrase variants -> remove duplicates.
+Each finished page is written atomically to qa/pages/<id>.jsonl and recorded in qa/state.jsonl;
+qa/qa.jsonl is rebuilt from those files (atomically) after every wave and at the end, so a crash
+never leaves half a line and a rerun adds only the missing pages, without duplicates.
+
+    python -m blocks.qa --project demo --backend local                   # embedded SmolLM2
+    python -m blocks.qa --project demo --backend zhipu --variants 2      # key: ZHIPUAI_API_KEY
+    python -m blocks.qa --project demo --backend openai --base-url http://127.0.0.1:8000/v1 --model qwen --judge
+    python -m blocks.qa --project demo --source raw --prompt-lang en
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from blocks.chunking import Chunk, chunk_text
+from blocks.clean import (
+    Page,
+    RunReport,
+    StageInputError,
+    add_client_args,
+    append_jsonl,
+    check_prompt,
+    client_from_args,
+    fill_prompt,
+    fit_chunk_tokens,
+    load_prompt,
+    now_iso,
+    on_gpu,
+    prompt_version,
+    read_jsonl,
+    read_pages,
+    read_state,
+    run_cli,
+    sha256_text,
+    strip_fences,
+    strip_think,
+    write_text_atomic,
+)
+from blocks.llm import (
+    ChatClient,
+    LLMError,
+    LocalClient,
+    Request,
+    RetryPolicy,
+    StopSignal,
+    run_requests,
+    unload_local_models,
+)
+from blocks.workspace import Project, get_project
+
+SOURCES = ("auto", "clean", "raw")
+
+
+@dataclass
+class QAPair:
+    """One line of qa/qa.jsonl (see docs/CONTRACTS.md); `variant_of` links a paraphrase to its original."""
+
+    id: str
+    question: str
+    answer: str
+    source_url: str
+    title: str
+    chunk_id: str
+    backend: str
+    model: str
+    prompt_version: str
+    created_at: str
+    variant_of: str | None = None
+
+
+@dataclass
+class QASettings:
+    """How pairs are generated (the client is separate)."""
+
+    prompt: str = ""  # empty = default in prompt_lang
+    prompt_lang: str = "zh"
+    source: str = "auto"  # auto: cleaned text where it exists, else the crawl text
+    chunk_tokens: int = 800
+    overlap_tokens: int = 80
+    tokens_per_question: int = 80
+    max_questions: int = 8
+    max_new_tokens: int = 1024
+    temperature: float = 0.3
+    grounding_threshold: float = 0.5
+    judge: bool = False
+    judge_prompt: str = ""
+    variants: int = 0  # extra phrasings per question
+    paraphrase_prompt: str = ""
+    concurrency: int = 4
+    overwrite: bool = False
+    release_model: bool | None = None  # local backend: unload at the end (None = only on GPU)
+
+    def templates(self) -> tuple[str, str, str]:
+        qa = check_prompt(self.prompt or load_prompt("qa", self.prompt_lang), ("{text}", "{n}"))
+        judge = check_prompt(
+            self.judge_prompt or load_prompt("judge", self.prompt_lang), ("{text}", "{question}", "{answer}")
+        )
+        para = check_prompt(
+            self.paraphrase_prompt or load_prompt("paraphrase", self.prompt_lang), ("{question}", "{k}")
+        )
+        return qa, judge, para
+
+
+# ---------------------------------------------------------------- parsing
+
+_Q_KEYS = ("question", "q", "问题", "问", "query", "instruction")
+_A_KEYS = ("answer", "a", "答案", "答", "response", "output")
+_Q_MARK = re.compile(r"^(?:\d+\s*[.、)）]\s*)?(?:Q\s*\d*|Question\s*\d*|问题\s*\d*|问)\s*[:：.]\s*", re.I)
+_A_MARK = re.compile(r"^(?:A\s*\d*|Answer\s*\d*|答案\s*\d*|答|回答)\s*[:：.]\s*", re.I)
+_NUMBERED = re.compile(r"^\d+\s*[.、)）]\s*")
+
+
+def _pairs_from_json(value) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key in ("pairs", "qa", "qa_pairs", "questions", "data", "items"):
+            if isinstance(value.get(key), list):
+                return _pairs_from_json(value[key])
+        value = [value]
+    pairs = []
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, dict):
+            continue
+        low = {str(k).strip().lower(): v for k, v in item.items()}
+        q = next((low[k] for k in _Q_KEYS if k in low), None)
+        a = next((low[k] for k in _A_KEYS if k in low), None)
+        if isinstance(q, str) and isinstance(a, str | int | float):
+            pairs.append((q.strip(), str(a).strip()))
+    return pairs
+
+
+def _json_candidates(text: str) -> Iterator[str]:
+    yield text
+    for m in re.finditer(r"```(?:json)?\s*\n?(.*?)```", text, flags=re.S):
+        yield m.group(1)
+    for open_, close in (("[", "]"), ("{", "}")):
+        start, end = text.find(open_), text.rfind(close)
+        if 0 <= start < end:
+            yield text[start : end + 1]
+
+
+def parse_qa_pairs(text: str) -> list[tuple[str, str]]:
+    """Question-answer pairs from a model's answer: JSON first, then the common text forms."""
+    text = strip_think(text)
+    for candidate in _json_candidates(text):
+        try:
+            pairs = _pairs_from_json(json.loads(candidate))
+        except json.JSONDecodeError:
+            continue
+        if pairs:
+            return [p for p in pairs if p[0] and p[1]]
+    lines = []  # JSON lines: one object per line
+    for line in text.splitlines():
+        line = line.strip().rstrip(",")
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                lines.extend(_pairs_from_json(json.loads(line)))
+            except json.JSONDecodeError:
+                pass
+    if lines:
+        return lines
+    return _parse_text_pairs(text)
+
+
+def _parse_text_pairs(text: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    q: list[str] | None = None
+    a: list[str] | None = None
+
+    def flush() -> None:
+        if q and a and " ".join(q).strip() and " ".join(a).strip():
+            pairs.append((" ".join(q).strip(), " ".join(a).strip()))
+
+    lines = [re.sub(r"\*\*|__|^#+\s*|^[-*•]\s+", "", raw.strip()).strip() for raw in text.splitlines()]
+    lines = [line for line in lines if line]
+    for n, line in enumerate(lines[:-1]):  # "What ...?" on its own line, then "A: ...": a question
+        if line.endswith(("?", "？")) and _A_MARK.match(lines[n + 1]) and not _Q_MARK.match(line):
+            lines[n] = "Q: " + _NUMBERED.sub("", line, count=1)
+    for line in lines:
+        if _Q_MARK.match(line):
+            flush()
+            q, a = [_Q_MARK.sub("", line, count=1)], None
+        elif _A_MARK.match(line) and q is not None:
+            a = [_A_MARK.sub("", line, count=1)]
+        elif _NUMBERED.match(line) and (a is not None or q is None) and line.rstrip().endswith(("?", "？")):
+            flush()  # "1. When does the library open?" followed by the answer on the next line
+            q, a = [_NUMBERED.sub("", line, count=1)], []
+        elif a is not None:
+            a.append(line)
+        elif q is not None:
+            q.append(line)
+    flush()
+    return pairs
+
+
+def parse_variants(text: str) -> list[str]:
+    """Rephrased questions from a JSON array of strings, or one per line."""
+    text = strip_fences(strip_think(text))
+    start, end = text.find("["), text.rfind("]")
+    if 0 <= start < end:
+        try:
+            items = json.loads(text[start : end + 1])
+            return [s.strip() for s in items if isinstance(s, str) and s.strip()]
+        except json.JSONDecodeError:
+            pass
+    return [
+        _NUMBERED.sub("", re.sub(r"^[-*•]\s+", "", ln.strip())).strip()
+        for ln in text.splitlines()
+        if ln.strip()
+    ]
+
+
+# ---------------------------------------------------------------- quality
+
+_DEICTIC = re.compile(
+    r"\b(this|the above|the following|that|the given|the) (page|article|text|passage|document|notice|website|"
+    r"web page|section|announcement)\b|according to the|mentioned above|\babove\b"
+    r"|本文|本页|该页|此页|本网页|该网页|这个网页|上文|文中|该文|这篇|此文|本通知|该通知|这个通知|原文|以上|上述|文章中|材料中",
+    re.I,
+)
+_STOPWORDS = set(
+    "the a an of to in on at for and or is are was were be been by with as it its this that from which who what "
+    "when where how do does did can will there their they you your i we our has have had not".split()
+)
+
+
+def is_standalone(question: str) -> bool:
+    """False for questions that only make sense next to the page ('this page', '本文', ...)."""
+    return not _DEICTIC.search(question)
+
+
+def _units(text: str) -> set[str]:
+    """Comparable pieces of text: Chinese character bigrams, lower-cased words, numbers."""
+    text = text.lower()
+    units = {w for w in re.findall(r"[a-z0-9]+(?:[.:\-][0-9]+)*", text) if w not in _STOPWORDS}
+    for run in re.findall(r"[\u4e00-\u9fff]+", text):
+        units.update(run[i : i + 2] for i in range(len(run) - 1)) if len(run) > 1 else units.add(run)
+    return units
+
+
+def support_score(answer: str, chunk: str) -> float:
+    """Share of the answer's words / character bigrams found in the chunk (1.0 = all)."""
+    units = _units(answer)
+    if not units:
+        return 0.0
+    return len(units & _units(chunk)) / len(units)
+
+
+def is_grounded(answer: str, chunk: str, threshold: float = 0.5) -> bool:
+    """Lexical support check: enough overlap, and every number of the answer appears in the chunk."""
+    plain = re.sub(r"\s+", "", chunk)
+    for num in re.findall(r"\d+(?:[.:\-]\d+)*", answer):
+        if num not in plain:
+            return False
+    return support_score(answer, chunk) >= threshold
+
+
+def normalize_question(question: str) -> str:
+    """Case-, space- and punctuation-free form used to find duplicates."""
+    return re.sub(r"[\W_]+", "", question.lower())
+
+
+def _bigrams(s: str) -> set[str]:
+    return {s[i : i + 2] for i in range(len(s) - 1)} or {s}
+
+
+def is_near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
+    """Character-bigram Jaccard similarity of two normalised questions."""
+    sa, sb = _bigrams(normalize_question(a)), _bigrams(normalize_question(b))
+    return len(sa & sb) / max(len(sa | sb), 1) >= threshold
+
+
+def questions_for(chunk: Chunk, tokens_per_question: int, max_questions: int) -> int:
+    """How many questions to ask of a chunk: one per `tokens_per_question` tokens, 1..max."""
+    return max(1, min(max_questions, round(chunk.n_tokens / max(tokens_per_question, 1))))
+
+
+def judge_says_yes(text: str) -> bool:
+    """Read a judge's yes/no answer (English or Chinese)."""
+    head = strip_think(text).strip().lower()[:20]
+    if re.match(r"^\W*(no|否|不)", head):
+        return False
+    return bool(re.match(r"^\W*(yes|是|支持|对)", head))
+
+
+def pair_id(source_url: str, question: str) -> str:
+    return hashlib.sha1(f"{source_url}\n{normalize_question(question)}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def read_source_text(project: Project, page: Page, source: str) -> str | None:
+    """The page text the QA stage uses, or None when `source` is 'clean' and it is not cleaned yet."""
+    cleaned = project.clean_dir / f"{page.id}.txt"
+    if source in ("auto", "clean") and cleaned.is_file():
+        return cleaned.read_text(encoding="utf-8")
+    if source == "clean":
+        return None
+    raw = project.crawl_dir / page.text_file
+    return raw.read_text(encoding="utf-8") if raw.is_file() else None
+
+
+def assemble_qa_file(project: Project, pages: list[Page] | None = None) -> int:
+    """Rebuild qa/qa.jsonl from the per-page files of finished pages, dropping repeated questions."""
+    state = read_state(project.qa_dir / "state.jsonl")
+    ids = [p.id for p in pages] if pages is not None else sorted(state)
+    seen: set[str] = set()
+    lines = []
+    for page_id in ids:
+        if state.get(page_id, {}).get("status") != "done":
+            continue
+        for rec in read_jsonl(project.qa_dir / "pages" / f"{page_id}.jsonl"):
+            key = normalize_question(rec["question"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(json.dumps(rec, ensure_ascii=False))
+    write_text_atomic(project.qa_file, "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
+
+
+def generate_qa(
+    project: Project,
+    client: ChatClient,
+    settings: QASettings | None = None,
+    stop: StopSignal | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+) -> Iterator[RunReport]:
+    """Generate pairs for every page not done yet; yields the report after each request and at the end."""
+    settings = settings or QASettings()
+    if settings.source not in SOURCES:
+        raise StageInputError(f"unknown source {settings.source!r}: choose one of {', '.join(SOURCES)}")
+    qa_t, judge_t, para_t = settings.templates()
+    version = prompt_version(
+        qa_t, judge_t if settings.judge else "", para_t if settings.variants else "", str(settings.variants)
+    )
+    pages = read_pages(project.crawl_dir)
+    state = read_state(project.qa_dir / "state.jsonl")
+    report = RunReport("qa", total=len(pages))
+    todo = []
+    for page in pages:
+        text = read_source_text(project, page, settings.source)
+        if text is None:
+            report.failed += 1
+            report.failures[page.id] = (
+                "not_cleaned: no cleaned text; run a clean tab first or use source auto/raw"
+            )
+            continue
+        sha = sha256_text(text)
+        prev = state.get(page.id)
+        if (
+            not settings.overwrite
+            and prev
+            and prev.get("status") in ("done", "empty")
+            and prev.get("input_sha256") == sha
+            and prev.get("prompt_version") == version
+        ):
+            report.skipped += 1
+            continue
+        todo.append((page, text, sha))
+    yield report
+    try:
+        if todo:
+            size = fit_chunk_tokens(client, qa_t, settings.chunk_tokens, settings.max_new_tokens)
+            yield from _qa_todo(
+                project, client, settings, todo, (qa_t, judge_t, para_t), version, size, report, stop, policy
+            )
+    finally:
+        report.pairs = assemble_qa_file(project, pages)
+        release = settings.release_model
+        if isinstance(client, LocalClient) and (release or (release is None and on_gpu())):
+            unload_local_models()
+    report.finished = not report.stopped
+    yield report
+
+
+def _run_phase(client, requests, settings, policy, stop, report) -> Iterator[tuple[int, str | LLMError]]:
+    """Run one phase's requests, counting them in the report."""
+    for i, result in run_requests(client, requests, settings.concurrency, policy, stop):
+        report.requests_done += 1
+        yield i, result
+
+
+def _qa_todo(project, client, settings, todo, templates, version, size, report, stop, policy):
+    """Process `todo` pages in waves: generate -> filter -> judge -> paraphrase -> write per page."""
+    qa_t, judge_t, para_t = templates
+    wave_chunks = max(settings.concurrency, getattr(client, "batch_size", 1)) * 4
+    pos = 0
+    while pos < len(todo):
+        wave: list[dict] = []
+        chunk_refs: list[tuple[int, Chunk]] = []
+        while pos < len(todo) and len(chunk_refs) < wave_chunks:
+            page, text, sha = todo[pos]
+            pos += 1
+            chunks = chunk_text(text, size, client.count_tokens, settings.overlap_tokens)
+            if not chunks:
+                append_jsonl(
+                    project.qa_dir / "state.jsonl", _state(page, sha, version, client, "empty", 0, {})
+                )
+                report.skipped += 1
+                continue
+            wave.append({"page": page, "sha": sha, "error": None, "pairs": [], "drops": {}})
+            chunk_refs += [(len(wave) - 1, c) for c in chunks]
+
+        # 1. ask for pairs
+        requests = []
+        for w, chunk in chunk_refs:
+            page = wave[w]["page"]
+            n = questions_for(chunk, settings.tokens_per_question, settings.max_questions)
+            prompt = fill_prompt(qa_t, text=chunk.text, title=page.title, url=page.url, n=n)
+            requests.append(
+                Request([{"role": "user", "content": prompt}], settings.max_new_tokens, settings.temperature)
+            )
+        for i, result in _run_phase(client, requests, settings, policy, stop, report):
+            w, chunk = chunk_refs[i]
+            item = wave[w]
+            if isinstance(result, LLMError):
+                item["error"] = item["error"] or result
+                yield report
+                continue
+            parsed = parse_qa_pairs(result)
+            if not parsed:
+                _count(item, "unparseable")
+            for question, answer in parsed:
+                if not is_standalone(question):
+                    _count(item, "not_standalone")
+                elif not is_grounded(answer, chunk.text, settings.grounding_threshold):
+                    _count(item, "ungrounded")
+                else:
+                    item["pairs"].append({"q": question, "a": answer, "chunk": chunk, "variant_of": None})
+            yield report
+        if stop is not None and stop.is_set():
+            report.stopped = True
+            return
+        for item in wave:  # near-duplicates within a page (overlapping chunks ask the same thing)
+            kept = []
+            for p in item["pairs"]:
+                if any(is_near_duplicate(p["q"], k["q"]) for k in kept):
+                    _count(item, "duplicate")
+                else:
+                    kept.append(p)
+            item["pairs"] = kept
+
+        # 2. optional LLM judge
+        if settings.judge:
+            refs = [(item, p) for item in wave if item["error"] is None for p in item["pairs"]]
+            requests = [
+                Request(
+                    [
+                        {
+                            "role": "user",
+                            "content": fill_prompt(
+                                judge_t, text=p["chunk"].text, question=p["q"], answer=p["a"]
+                            ),
+                        }
+                    ],
+                    16,
+                    0.0,
+                )
+                for _, p in refs
+            ]
+            rejected = set()
+            for i, result in _run_phase(client, requests, settings, policy, stop, report):
+                item, p = refs[i]
+                if isinstance(result, LLMError):
+                    _count(item, "judge_failed")
+                    rejected.add(id(p))
+                elif not judge_says_yes(result):
+                    _count(item, "judge_rejected")
+                    rejected.add(id(p))
+                yield report
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                return
+            for item in wave:
+                item["pairs"] = [p for p in item["pairs"] if id(p) not in rejected]
+
+        # 3. optional paraphrase variants
+        if settings.variants > 0:
+            refs = [(item, p) for item in wave if item["error"] is None for p in item["pairs"]]
+            requests = [
+                Request(
+                    [{"role": "user", "content": fill_prompt(para_t, question=p["q"], k=settings.variants)}],
+                    256,
+                    0.7,
+                )
+                for _, p in refs
+            ]
+            for i, result in _run_phase(client, requests, settings, policy, stop, report):
+                item, p = refs[i]
+                if isinstance(result, LLMError):
+                    _count(item, "variant_failed")
+                    yield report
+                    continue
+                seen = {normalize_question(x["q"]) for x in item["pairs"]}
+                for variant in parse_variants(result)[: settings.variants]:
+                    if normalize_question(variant) in seen or not is_standalone(variant):
+                        _count(item, "variant_rejected")
+                        continue
+                    seen.add(normalize_question(variant))
+                    item["pairs"].append({"q": variant, "a": p["a"], "chunk": p["chunk"], "variant_of": p})
+                yield report
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                return
+
+        for item in wave:
+            _finish_page(project, client, item, version, report)
+        report.pairs = assemble_qa_file(project)
+        yield report
+
+
+def _count(item: dict, reason: str) -> None:
+    item["drops"][reason] = item["drops"].get(reason, 0) + 1
+
+
+def _finish_page(project: Project, client, item: dict, version: str, report: RunReport) -> None:
+    page, sha = item["page"], item["sha"]
+    state_file = project.qa_dir / "state.jsonl"
+    for reason, n in item["drops"].items():
+        report.drop(reason, n)
+    if item["error"] is not None:
+        err: LLMError = item["error"]
+        report.failed += 1
+        report.failures[page.id] = f"{err.reason}: {err}"
+        append_jsonl(
+            state_file, _state(page, sha, version, client, "failed", 0, item["drops"], f"{err.reason}: {err}")
+        )
+        return
+    created = now_iso()
+    records = []
+    for p in item["pairs"]:
+        original = p["variant_of"]
+        pair = QAPair(
+            id=pair_id(page.url, p["q"]),
+            question=p["q"],
+            answer=p["a"],
+            source_url=page.url,
+            title=page.title,
+            chunk_id=f"{page.id}#{p['chunk'].index}",
+            backend=client.backend,
+            model=client.model,
+            prompt_version=version,
+            created_at=created,
+            variant_of=pair_id(page.url, original["q"]) if original else None,
+        )
+        records.append(json.dumps(pair.__dict__, ensure_ascii=False))
+    write_text_atomic(
+        project.qa_dir / "pages" / f"{page.id}.jsonl", "\n".join(records) + ("\n" if records else "")
+    )
+    append_jsonl(state_file, _state(page, sha, version, client, "done", len(records), item["drops"]))
+    report.done += 1
+
+
+def _state(page, sha, version, client, status, pairs, drops, reason=None) -> dict:
+    return {
+        "id": page.id,
+        "url": page.url,
+        "status": status,
+        "reason": reason,
+        "pairs": pairs,
+        "drops": drops,
+        "input_sha256": sha,
+        "prompt_version": version,
+        "backend": client.backend,
+        "model": client.model,
+        "updated_at": now_iso(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--project", default="demo")
+    parser.add_argument(
+        "--source", choices=SOURCES, default="auto", help="cleaned text, raw crawl text, or auto"
+    )
+    parser.add_argument("--chunk-tokens", type=int, default=800)
+    parser.add_argument("--variants", type=int, default=0, help="extra phrasings per question")
+    parser.add_argument(
+        "--judge", action="store_true", help="also ask the model whether each answer is supported"
+    )
+    add_client_args(parser)
+    args = parser.parse_args(argv)
+
+    def stage_run(stop):
+        project = get_project(args.project)
+        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else ""
+        settings = QASettings(
+            prompt=prompt,
+            prompt_lang=args.prompt_lang,
+            source=args.source,
+            chunk_tokens=args.chunk_tokens,
+            variants=args.variants,
+            judge=args.judge,
+            concurrency=args.concurrency,
+            overwrite=args.overwrite,
+        )
+        return generate_qa(project, client_from_args(args), settings, stop)
+
+    return run_cli(stage_run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Chat clients: real SDKs against the loopback fake server, and the local backend on a tiny model."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import shutil
+import threading
+import weakref
+
+import pytest
+from fake_llm_server import FakeLLMServer
+
+from blocks import llm
+from blocks.llm import (
+    ClientSettings,
+    ContentFilterError,
+    ContextOverflowError,
+    EmptyOutputError,
+    LocalClient,
+    OpenAIClient,
+    Request,
+    RetryPolicy,
+    SettingsError,
+    ZhipuClient,
+    backoff_delay,
+    chat_with_retry,
+    make_client,
+    run_requests,
+)
+
+HI = [{"role": "user", "content": "hi"}]
+FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models are latency-bound: on a busy 2-core machine, 2 torch threads run ~10x slower than 1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def server():
+    with FakeLLMServer() as s:
+        yield s
+
+
+def both_clients(server):
+    return [OpenAIClient(server.url, "m", "sk-open-123"), ZhipuClient("sk-zhipu-456", base_url=server.url)]
+
+
+def test_both_sdks_talk_to_the_fake_server_over_http(server):
+    for client in both_clients(server):
+        assert client.chat([{"role": "user", "content": "你好"}]) == "你好"
+    assert [r["auth"] for r in server.requests] == ["Bearer sk-open-123", "Bearer sk-zhipu-456"]
+    assert server.requests[1]["body"]["model"] == "glm-4-flash"  # Zhipu default
+
+
+def test_429_waits_as_long_as_retry_after_says(server):
+    server.retry_after = "2"
+    for client in both_clients(server):
+        server.fail_next("429")
+        waits = []
+        assert chat_with_retry(client, HI, sleep=waits.append) == "hi"
+        assert waits == [2.0]
+
+
+def test_rate_limit_1302_and_500_are_retried_with_growing_backoff(server):
+    for client in both_clients(server):
+        server.fail_next("1302", "500", "500")
+        waits = []
+        policy = RetryPolicy(base_delay=1.0, max_delay=30.0)
+        assert chat_with_retry(client, HI, policy=policy, sleep=waits.append) == "hi"
+        assert len(waits) == 3
+        assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0 and 2.0 <= waits[2] <= 4.0
+
+
+def test_content_filter_is_reported_and_not_retried(server):
+    for client in both_clients(server):
+        server.fail_next("1301")
+        before = len(server.requests)
+        with pytest.raises(ContentFilterError, match="1301"):
+            chat_with_retry(client, HI, policy=FAST)
+        assert len(server.requests) == before + 1
+
+
+def test_malformed_and_empty_answers_are_retried_then_given_up(server):
+    client = OpenAIClient(server.url, "m")
+    server.fail_next("malformed", "empty")
+    assert chat_with_retry(client, HI, policy=FAST) == "hi"
+    server.fail_next(*["empty"] * FAST.max_attempts)
+    with pytest.raises(EmptyOutputError, match="empty"):
+        chat_with_retry(client, HI, policy=FAST)
+
+
+def test_refused_key_says_what_to_check(server):
+    server.fail_next("401")
+    with pytest.raises(llm.AuthError, match="check the key"):
+        chat_with_retry(ZhipuClient("bad", base_url=server.url), HI, policy=FAST)
+
+
+def test_missing_settings_give_actionable_messages(monkeypatch):
+    monkeypatch.delenv("ZHIPUAI_API_KEY", raising=False)
+    with pytest.raises(SettingsError, match="ZHIPUAI_API_KEY"):
+        make_client(ClientSettings(backend="zhipu"))
+    with pytest.raises(SettingsError, match="base URL"):
+        make_client(ClientSettings(backend="openai", model="m"))
+    with pytest.raises(SettingsError, match="choose one of"):
+        make_client(ClientSettings(backend="gpt"))
+
+
+def test_key_from_environment_and_never_logged_or_shown(server, monkeypatch, caplog):
+    monkeypatch.setenv("ZHIPUAI_API_KEY", "sk-secret-from-env-789")
+    settings = ClientSettings(backend="zhipu", base_url=server.url)
+    client = make_client(settings)
+    caplog.set_level(logging.DEBUG)
+    server.fail_next("429", "500")
+    server.retry_after = "0"
+    assert chat_with_retry(client, HI, policy=FAST) == "hi"
+    assert server.requests[-1]["auth"] == "Bearer sk-secret-from-env-789"
+    assert "sk-secret" not in caplog.text
+    typed = ClientSettings(backend="openai", api_key="sk-typed-000")
+    assert "sk-typed" not in repr(typed)
+
+
+def test_run_requests_is_concurrent_keeps_order_and_survives_failures():
+    with FakeLLMServer(latency=0.2) as server:
+        client = OpenAIClient(server.url, "m")
+        server.fail_next("1301")
+        requests = [Request([{"role": "user", "content": f"item {i}"}]) for i in range(8)]
+        results = dict(run_requests(client, requests, concurrency=4, policy=FAST))
+    assert sorted(results) == list(range(8))
+    failed = [i for i, r in results.items() if isinstance(r, ContentFilterError)]
+    assert len(failed) == 1
+    assert all(results[i] == f"item {i}" for i in results if i not in failed)
+    assert 2 <= server.max_in_flight <= 4
+
+
+def test_stop_sends_no_new_requests():
+    with FakeLLMServer(latency=0.1) as server:
+        client = OpenAIClient(server.url, "m")
+        stop = threading.Event()
+        requests = [Request(HI) for _ in range(20)]
+        got = []
+        for i, _result in run_requests(client, requests, concurrency=2, stop=stop):
+            got.append(i)
+            stop.set()
+    assert len(got) < 20
+    assert len(server.requests) <= 4
+
+
+def test_backoff_honours_retry_after_and_caps():
+    rng = random.Random(0)
+    policy = RetryPolicy(base_delay=1.0, max_delay=10.0)
+    assert backoff_delay(1, policy, 3.0, rng) == 3.0
+    assert backoff_delay(1, policy, 99.0, rng) == 10.0
+    assert 5.0 <= backoff_delay(8, policy, None, rng) <= 10.0
+
+
+# ---------------------------------------------------------------- local backend
+
+
+@pytest.fixture(scope="module")
+def talkative_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with large random weights (its answers depend on the prompt) and no special tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("talkative") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.5)
+    model.generation_config.suppress_tokens = [0, 1, 2]
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_client(talkative_model_dir):
+    yield LocalClient(str(talkative_model_dir), batch_size=4)
+    llm.unload_local_models()
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_client):
+    convs = [
+        [{"role": "user", "content": text}]
+        for text in [
+            "library",
+            "When does the library open? Call 027-8765-4321.",
+            "图书馆开放时间",
+            "a b c d e f",
+        ]
+    ]
+    alone = [tiny_client.chat(c, max_tokens=8, temperature=0) for c in convs]
+    batched = tiny_client.chat_batch(convs, max_tokens=8, temperature=0)
+    assert all(alone) and len(set(alone)) == 4
+    assert batched == alone  # left padding + attention mask: padding never changes an answer
+    via_runner = dict(run_requests(tiny_client, [Request(c, 8, 0) for c in convs]))
+    assert [via_runner[i] for i in range(4)] == alone  # length-sorted batches come back in order
+
+
+def test_local_model_loaded_once_and_unload_frees_it(tiny_client, talkative_model_dir):
+    model, _ = llm.load_local_model(str(talkative_model_dir))
+    assert llm.load_local_model(str(talkative_model_dir))[0] is model
+    assert (
+        next(model.parameters()).dtype.is_floating_point
+        and str(next(model.parameters()).dtype) == "torch.float32"
+    )
+    ref = weakref.ref(model)
+    del model
+    assert llm.unload_local_models() == 1
+    gc.collect()
+    assert ref() is None and llm.loaded_local_models() == []
+
+
+def test_local_prompt_longer_than_context_is_refused(tiny_client):
+    long = [{"role": "user", "content": "library " * 600}]
+    with pytest.raises(ContextOverflowError, match="lower the chunk size"):
+        tiny_client.chat(long, max_tokens=8)
+
+
+def test_local_folder_must_be_a_model(tmp_path):
+    with pytest.raises(SettingsError, match="config.json"):
+        LocalClient(str(tmp_path)).chat(HI)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        llm.main(["--help"])
+    assert exc.value.code == 0
+    assert "--backend" in capsys.readouterr().out
