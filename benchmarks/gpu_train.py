@@ -146,8 +146,10 @@ def run_seed_recipe(model_dir: Path, steps: int) -> dict:
     return result
 
 
-def run_project(model_dir: Path, data_dir: Path, out: Path, name: str, overrides: dict, steps: int) -> dict:
-    """Run finetune.train as the app does and read step times from progress.jsonl."""
+def run_project(
+    model_dir: Path, data_dir: Path, out: Path, name: str, overrides: dict, steps: int, nproc: int = 1
+) -> dict:
+    """Run finetune.train as the app does (under torchrun when nproc > 1); step times from progress.jsonl."""
     import yaml
 
     from blocks.config import load_config
@@ -174,8 +176,13 @@ def run_project(model_dir: Path, data_dir: Path, out: Path, name: str, overrides
     run_dir = out / f"run-{name}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with GpuMemoryPoller() as poll, open(out / f"{name}.log", "w") as log:
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+            if nproc > 1
+            else [sys.executable]
+        )
         proc = subprocess.run(
-            [sys.executable, "-m", "finetune.train", str(cfg_path), "--run-dir", str(run_dir)],
+            [*launcher, "-m", "finetune.train", str(cfg_path), "--run-dir", str(run_dir)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -194,7 +201,7 @@ def run_project(model_dir: Path, data_dir: Path, out: Path, name: str, overrides
         # skip the first two logged steps (CUDA warm-up, allocator growth)
         span = logs[-1]["time"] - logs[1]["time"]
         n = logs[-1]["step"] - logs[1]["step"]
-        per_step = cfg.batch_size * cfg.grad_accum * seq
+        per_step = cfg.batch_size * cfg.grad_accum * seq * nproc
         result.update(tokens_per_step=per_step, step_s=span / n, tokens_per_s=per_step * n / span)
     result["peak_smi_gib"] = poll.peak_mib / 1024
     result["first_loss"] = logs[0]["loss"] if logs else None
@@ -233,12 +240,17 @@ def main() -> None:
                     "grad_accum": 4, "max_input_length": 128, "max_output_length": 512,
                     "gradient_checkpointing": "off"},
     }  # fmt: skip
+    plans["lora-ddp"] = plans["lora"]
     for name, overrides in plans.items():
         if name in wanted:
-            results.append(run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps))
+            nproc = torch.cuda.device_count() if name == "lora-ddp" else 1
+            results.append(
+                run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc)
+            )
+            results[-1]["gpus"] = nproc
             print(results[-1], flush=True)
     (args.out / "gpu_train.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'recipe':55} {'tokens/s':>9} {'step s':>7} {'peak GiB':>9}")
+    print(f"\n{'recipe':55} {'tokens/s':>9} {'step s':>7} {'peak GiB (GPU 0)':>9}")
     for r in results:
         print(
             f"{r['recipe'][:55]:55} {r.get('tokens_per_s', 0):9.0f} {r.get('step_s', 0):7.3f} {r['peak_smi_gib']:9.1f}"
