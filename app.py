@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 from blocks.models import default_model_path
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_app(settings)
     url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"UMTCDS running at http://{url_host}:{settings.port}", flush=True)
+    # gradio 5.50 warns that show_api moves to footer_links in 6.0; we pin 5.50
+    warnings.filterwarnings("ignore", message=".*show_api.*", category=DeprecationWarning)
     try:
         demo.queue(default_concurrency_limit=4).launch(
             server_name=settings.host,
