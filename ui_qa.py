@@ -10,12 +10,20 @@ from pathlib import Path
 
 import gradio as gr
 
-from blocks.clean import PromptError, StageInputError, StopFlag, load_prompt
+from blocks.clean import PromptError, StageInputError, StopFlag, StorageError, load_prompt
 from blocks.llm import ClientSettings, LLMError, SettingsError, make_client, unload_local_models
 from blocks.workspace import WorkspaceError, confine_path, get_project
 from ui_common import UIContext
 
-STAGE_ERRORS = (StageInputError, PromptError, SettingsError, WorkspaceError, LLMError, ValueError)
+STAGE_ERRORS = (
+    StageInputError,
+    PromptError,
+    SettingsError,
+    WorkspaceError,
+    LLMError,
+    StorageError,
+    ValueError,
+)
 
 
 def has_gpu() -> bool:

@@ -169,11 +169,15 @@ def read_adapter_info(adapter_dir: str | Path) -> AdapterInfo:
         )
     try:
         data = json.loads(info_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ChatError(f"{info_file} is not valid JSON ({exc}): the checkpoint is damaged.") from exc
+    if not isinstance(data, dict):
+        raise ChatError(f"{info_file} is not a JSON object: the checkpoint is damaged.")
     missing = [k for k in ("method", "base_model") if not data.get(k)]
     if missing:
         raise ChatError(f"{info_file} lacks {', '.join(missing)}: the checkpoint was not saved completely.")
+    if not isinstance(data["base_model"], str) or not isinstance(data.get("base_fingerprint") or {}, dict):
+        raise ChatError(f"{info_file}: base_model must be a path and base_fingerprint an object.")
     if data["method"] not in METHODS:
         raise ChatError(
             f"{info_file}: unknown method {data['method']!r} (expected one of {', '.join(METHODS)})."
@@ -213,7 +217,7 @@ def resolve_base_model(info: AdapterInfo, base_path: str | Path | None = None) -
         candidate = _as_local_path(info.base_model)
         if not (candidate / "config.json").is_file():
             raise BaseModelMovedError(info.base_model)
-    found = model_fingerprint(candidate)
+    found = read_fingerprint(candidate)
     if info.base_fingerprint and found != info.base_fingerprint:
         diff = ", ".join(
             f"{k}: adapter {info.base_fingerprint.get(k)!r} vs model {found.get(k)!r}"
@@ -225,6 +229,28 @@ def resolve_base_model(info: AdapterInfo, base_path: str | Path | None = None) -
             f"Choose the model it was trained on (recorded as {info.base_model})."
         )
     return candidate
+
+
+def read_fingerprint(folder: Path) -> dict:
+    """The model's fingerprint, or ChatError when its config.json cannot be read."""
+    try:
+        return model_fingerprint(folder)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError) as exc:
+        raise ChatError(
+            f"{folder / 'config.json'} cannot be read ({exc}): the model folder is damaged."
+        ) from exc
+
+
+def check_weights(base: Path) -> None:
+    """Refuse a model folder without safetensors weights; pickled files are never opened."""
+    if list(base.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in base.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    found = f" (found {', '.join(pickled[:3])}: pickled weights can run code when opened)" if pickled else ""
+    raise ChatError(
+        f"{base} has no .safetensors weights{found}: only safetensors models are loaded. Convert it with "
+        "`save_pretrained(folder, safe_serialization=True)` on a machine you trust."
+    )
 
 
 def pick_device() -> tuple[str, Any]:
@@ -241,7 +267,10 @@ def load_tokenizer(folder: Path, fallback: Path):
     from transformers import AutoTokenizer
 
     source = folder if (folder / "tokenizer_config.json").is_file() else fallback
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        raise ChatError(f"Cannot load the tokenizer in {source}: {str(exc)[:300]}") from exc
     if not tokenizer.chat_template:
         raise ChatError(f"The tokenizer in {source} has no chat template: use an instruct/chat model.")
     return tokenizer
@@ -251,9 +280,6 @@ def load_model(
     base_path: str | Path | None = None, adapter_dir: str | Path | None = None, device: str | None = None
 ) -> LoadedModel:
     """Load a base model, optionally with an adapter (its recorded base unless `base_path` is given)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     info = read_adapter_info(adapter_dir) if adapter_dir else None
     if info is not None:
         base = resolve_base_model(info, base_path)
@@ -263,21 +289,40 @@ def load_model(
             raise ChatError(
                 f"{base} is not a model folder (no config.json): enter a Hugging Face model folder."
             )
-    if not list(base.glob("*.safetensors")):
-        raise ChatError(f"{base} has no .safetensors weights: only safetensors models are loaded.")
+    check_weights(base)
+    if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ChatError(f"Unknown device {device!r}: use cpu or cuda.")
+    import torch  # only now: refusals above come without the seconds torch takes to import
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
     picked, dtype = pick_device()
     device = device or picked
     if device == "cpu":
         dtype = torch.float32
     # On a GPU, load straight into device memory (a 9B model need not pass through host RAM first).
     on_gpu = device.startswith("cuda")
-    model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=dtype, use_safetensors=True, device_map=device if on_gpu else None
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=dtype, use_safetensors=True, device_map=device if on_gpu else None
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        raise ChatError(
+            f"Cannot load the model in {base}: {str(exc)[:300]}. The folder must hold a complete Hugging "
+            "Face model (config.json, *.safetensors, tokenizer files)."
+        ) from exc
     if info is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, info.path, is_trainable=False)
+        try:
+            model = PeftModel.from_pretrained(model, info.path, is_trainable=False)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+            raise AdapterMismatchError(
+                f"Cannot apply the adapter {info.path} to {base}: {str(exc)[:300]}. The adapter is damaged "
+                f"or was trained on another model (recorded base: {info.base_model})."
+            ) from exc
     model.to(device)
     model.eval()
     tokenizer = load_tokenizer(info.path if info else base, base)
@@ -556,9 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     params = GenParams(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
     try:
         params.check()
+        # Check the question before the (slow) model load.
+        messages = build_messages([], args.prompt, args.system) if args.prompt is not None else None
         loaded = load_model(args.model, args.adapter, args.device)
-        if args.prompt is not None:
-            messages = build_messages([], args.prompt, args.system)
+        if messages is not None:
             for piece in stream_reply(loaded, messages, params):
                 print(piece, end="", flush=True)
             print()

@@ -29,8 +29,11 @@ from pathlib import Path
 from blocks.chunking import chunk_text
 from blocks.llm import (
     BACKENDS,
+    AuthError,
     ChatClient,
     ClientSettings,
+    EmptyOutputError,
+    LLMConnectionError,
     LLMError,
     LocalClient,
     Request,
@@ -53,6 +56,18 @@ class StageInputError(ValueError):
 
 class PromptError(ValueError):
     """A prompt template that cannot work (e.g. without the {text} placeholder)."""
+
+
+class StorageError(OSError):
+    """An output file could not be written (disk full, read-only, permissions); finished pages are kept."""
+
+
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """A StorageError that names the file, the cause, and that a rerun resumes."""
+    return StorageError(
+        f"Cannot write {path}: {exc.strerror or exc}. Free some space (or fix the folder's permissions) "
+        "and run again: finished pages are kept and the run resumes where it stopped."
+    )
 
 
 # ---------------------------------------------------------------- records
@@ -99,6 +114,7 @@ class RunReport:
     failed: int = 0
     skipped: int = 0
     requests_done: int = 0
+    requests_ok: int = 0  # answered without error (to tell "server down" from "one bad page")
     pairs: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # page id -> "reason: message"
     drops: dict[str, int] = field(default_factory=dict)  # QA: reason -> count
@@ -158,45 +174,65 @@ class RunReport:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a full disk must not also leave a half temp file behind
+        raise storage_error(path, exc) from exc
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line with a single write; readers ignore a torn last line after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a crash tore the last line: end it, or this record would be glued to it
+            written = os.write(fd, data)
+            if written != len(data):  # a short write on a full disk: readers skip the torn line
+                raise OSError(28, "No space left on device")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; an unparseable line (torn write) is skipped, never fatal."""
+def read_jsonl(path: Path, bad_lines: list[int] | None = None) -> list[dict]:
+    """JSON objects of a JSONL file; unparseable lines (a torn write) are skipped, never fatal.
+
+    Line numbers of skipped lines are appended to `bad_lines` when given (to tell the user).
+    """
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a stray invalid byte spoils one line, not the whole file.
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif bad_lines is not None:
+            bad_lines.append(number)
     return records
 
 
 def read_state(path: Path) -> dict[str, dict]:
     """Latest state record per page id."""
-    return {r["id"]: r for r in read_jsonl(path) if "id" in r}
+    return {r["id"]: r for r in read_jsonl(path) if isinstance(r.get("id"), str)}
 
 
 def read_pages(crawl_dir: Path) -> list[Page]:
@@ -204,22 +240,49 @@ def read_pages(crawl_dir: Path) -> list[Page]:
     manifest = crawl_dir / "pages.jsonl"
     if not manifest.is_file():
         raise StageInputError(f"No crawl output at {manifest}: run the Crawl tab (or blocks.crawl) first.")
+    bad: list[int] = []
     pages = []
-    for rec in read_jsonl(manifest):
-        if rec.get("status") == "vanished" or not rec.get("text_file"):
+    for rec in read_jsonl(manifest, bad):
+        text_file = rec.get("text_file")
+        if rec.get("status") == "vanished":
             continue
+        if not isinstance(text_file, str) or not _is_page_file(text_file):
+            bad.append(-1)  # a record whose text_file is missing or points outside crawl/pages/
+            continue
+        url, title = rec.get("url"), rec.get("title")
         pages.append(
             Page(
-                id=Path(rec["text_file"]).stem,
-                url=rec.get("url", ""),
-                title=rec.get("title") or "",
-                text_file=rec["text_file"],
-                status=rec.get("status", "new"),
+                id=Path(text_file).stem,
+                url=url if isinstance(url, str) else "",
+                title=title if isinstance(title, str) else "",
+                text_file=text_file,
+                status=str(rec.get("status", "new")),
             )
         )
     if not pages:
-        raise StageInputError(f"{manifest} lists no pages: crawl a site first.")
+        detail = f" ({len(bad)} lines are not valid page records)" if bad else ""
+        raise StageInputError(
+            f"{manifest} lists no usable pages{detail}: crawl the site again (Crawl tab or blocks.crawl)."
+        )
     return pages
+
+
+def _is_page_file(text_file: str) -> bool:
+    """True for a plain `pages/<name>.txt` path: a manifest must not make a stage read other files."""
+    parts = Path(text_file).parts
+    return len(parts) == 2 and parts[0] == "pages" and parts[1].endswith(".txt") and ".." not in parts[1]
+
+
+def read_page_text(path: Path) -> str:
+    """A crawled or cleaned page's text; a missing or undecodable file raises StageInputError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise StageInputError(f"missing_input: {path} does not exist (crawl the site again)") from exc
+    except UnicodeDecodeError as exc:
+        raise StageInputError(f"unreadable_input: {path} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise StageInputError(f"unreadable_input: cannot read {path} ({exc.strerror or exc})") from exc
 
 
 def sha256_text(text: str) -> str:
@@ -297,6 +360,23 @@ class CleanSettings:
     def template(self) -> str:
         return check_prompt(self.prompt or load_prompt("clean", self.prompt_lang))
 
+    def check(self) -> CleanSettings:
+        """Return self, or raise StageInputError naming the setting that cannot work."""
+        check_numbers(
+            chunk_tokens=(self.chunk_tokens, 16, 1_000_000),
+            max_new_tokens=(self.max_new_tokens, 0, 1_000_000),
+            concurrency=(self.concurrency, 1, 64),
+            temperature=(self.temperature, 0, 2),
+        )
+        return self
+
+
+def check_numbers(**fields: tuple[float, float, float]) -> None:
+    """Raise StageInputError for the first `name=(value, low, high)` whose value is out of range."""
+    for name, (value, low, high) in fields.items():
+        if not isinstance(value, int | float) or not low <= value <= high:
+            raise StageInputError(f"{name} is {value!r}: use a number from {low} to {high}.")
+
 
 def fit_chunk_tokens(client: ChatClient, template: str, wanted: int, max_new: int) -> int:
     """The chunk size that keeps prompt + chunk + answer inside the model's context."""
@@ -331,7 +411,7 @@ def clean_pages(
     policy: RetryPolicy = RetryPolicy(),
 ) -> Iterator[RunReport]:
     """Clean every crawled page not done yet; yields the report after each request and at the end."""
-    settings = settings or CleanSettings()
+    settings = (settings or CleanSettings()).check()
     template = settings.template()
     version = prompt_version(template)
     pages = read_pages(project.crawl_dir)
@@ -340,12 +420,12 @@ def clean_pages(
     report = RunReport("clean", total=len(pages))
     todo: list[tuple[Page, str, str]] = []
     for page in pages:
-        path = project.crawl_dir / page.text_file
-        if not path.is_file():
+        try:
+            text = read_page_text(project.crawl_dir / page.text_file)
+        except StageInputError as exc:
             report.failed += 1
-            report.failures[page.id] = f"missing_input: {path} does not exist (re-crawl)"
+            report.failures[page.id] = str(exc)
             continue
-        text = path.read_text(encoding="utf-8")
         sha = sha256_text(text)
         prev = state.get(page.id)
         out = project.clean_dir / f"{page.id}.txt"
@@ -410,17 +490,33 @@ def _clean_todo(project, client, settings, todo, template, version, size, max_ne
         for i, result in run_requests(client, requests, settings.concurrency, policy, stop):
             item = wave[owner[i][0]]
             report.requests_done += 1
+            check_fatal(result, report)
+            text = "" if isinstance(result, LLMError) else strip_fences(strip_think(result))
+            if not isinstance(result, LLMError) and not text.strip():
+                result = EmptyOutputError("the model answered with reasoning (<think>) only, no text")
             if isinstance(result, LLMError):
                 item["error"] = item["error"] or result
                 item["parts"][owner[i][1]] = ""
             else:
-                item["parts"][owner[i][1]] = strip_fences(strip_think(result))
+                item["parts"][owner[i][1]] = text
             if all(p is not None for p in item["parts"]):
                 _finish_page(project, client, item, version, report)
             yield report
         if stop is not None and stop.is_set():
             report.stopped = True
             return
+
+
+def check_fatal(result: object, report: RunReport) -> None:
+    """Stop the whole run on errors no other page can escape: a refused key, or a server never reached.
+
+    Sending every other page to a server that refuses the key (or does not exist) would only fill the
+    report with the same failure; pages finished earlier stay saved.
+    """
+    if isinstance(result, AuthError) or (isinstance(result, LLMConnectionError) and report.requests_ok == 0):
+        raise result
+    if not isinstance(result, LLMError):
+        report.requests_ok += 1
 
 
 def _finish_page(project, client, item, version, report) -> None:
@@ -504,12 +600,37 @@ def run_cli(stage_run, argv_args) -> int:
         stop.set()
         print("\nstopped; finished pages are saved, rerun to continue", file=sys.stderr)
         return 130
-    except (StageInputError, PromptError, SettingsError, WorkspaceError, LLMError) as exc:
+    except (StageInputError, PromptError, SettingsError, WorkspaceError, LLMError, StorageError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     print("", file=sys.stderr)
     print(report.summary())
+    if report.failed:
+        print(failure_hint(report), file=sys.stderr)
     return 1 if report and report.failed else 0
+
+
+def failure_hint(report: RunReport) -> str:
+    """The failed pages with their reasons (first 20), for the end of a CLI run."""
+    lines = [f"  {page_id}: {msg[:300]}" for page_id, msg in list(report.failures.items())[:20]]
+    return "failed pages (run again to retry them):\n" + "\n".join(lines)
+
+
+def read_prompt_file(path: Path | None) -> str:
+    """The text of --prompt-file, or '' when not given; unreadable files raise PromptError."""
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"The prompt file {path} is not UTF-8 text: save it as UTF-8.") from exc
+    except OSError as exc:
+        raise PromptError(f"Cannot read the prompt file {path}: {exc.strerror or exc}.") from exc
+    if not text.strip():
+        raise PromptError(
+            f"The prompt file {path} is empty: write a prompt with {{text}}, or drop --prompt-file."
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_run(stop):
         project = get_project(args.project)
-        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else ""
+        prompt = read_prompt_file(args.prompt_file)
         settings = CleanSettings(
             prompt=prompt,
             prompt_lang=args.prompt_lang,

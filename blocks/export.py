@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from blocks.chat import MERGEABLE_METHODS, ChatError, load_tokenizer, read_adapter_info, resolve_base_model
+from blocks.chat import (
+    MERGEABLE_METHODS,
+    ChatError,
+    check_weights,
+    load_tokenizer,
+    read_adapter_info,
+    resolve_base_model,
+)
 
 EXPORT_INFO_FILE = "umtcds_export.json"
 # Trainer state inside checkpoint-*/ folders: useless outside training, and pickles (.pt/.pth/.bin).
@@ -49,14 +56,34 @@ class ExportResult:
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     """The temporary folder to write into; refuses to clobber a non-empty target unless asked."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file, not a folder: choose a folder name for the export.")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(
             f"{out_dir} already exists and is not empty: choose another folder or allow overwrite."
         )
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ExportError(
+            f"Cannot create {tmp}: {exc.strerror or exc}. Choose a folder you can write to."
+        ) from exc
     return tmp
+
+
+def write_or_clean_up(tmp: Path, out_dir: Path, write) -> None:
+    """Run `write(tmp)` and swap the result into place; on a write error remove `tmp` and explain."""
+    try:
+        write(tmp)
+        finish_out_dir(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(
+            f"Cannot write the export to {out_dir}: {exc.strerror or exc}. Free some space or choose "
+            "another folder; an earlier export there is unchanged."
+        ) from exc
 
 
 def finish_out_dir(tmp: Path, out_dir: Path) -> None:
@@ -84,25 +111,39 @@ def merge_lora(
     adapter_dir: Path, out_dir: Path, base_path: str | Path | None = None, overwrite: bool = False
 ) -> ExportResult:
     """Merge a LoRA adapter into its base and save a standalone model folder."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     info = read_adapter_info(adapter_dir)
     if info.method not in MERGEABLE_METHODS:
         raise ExportError(f"{info.method} adapters cannot be merged: use export_adapter instead.")
     base = resolve_base_model(info, base_path)
-    tmp = prepare_out_dir(out_dir, overwrite)
+    check_weights(base)
+    import torch  # after the checks above: refusals come without the import's seconds
+    from peft import PeftModel
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
     # Merge in fp32 for accuracy, then save in the base model's own dtype (bf16 stays half the size).
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    saved_dtype = getattr(torch, str(config.get("torch_dtype") or config.get("dtype") or "float32"))
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
-    model = PeftModel.from_pretrained(model, info.path).merge_and_unload()
+    saved_dtype = getattr(torch, str(config.get("torch_dtype") or config.get("dtype") or "float32"), None)
+    if not isinstance(saved_dtype, torch.dtype):
+        saved_dtype = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+        model = PeftModel.from_pretrained(model, info.path).merge_and_unload()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise ExportError(
+            f"Cannot apply the adapter {info.path} to {base}: {str(exc)[:300]}. The adapter is damaged or "
+            f"was trained on another model (recorded base: {info.base_model})."
+        ) from exc
     model = model.to(saved_dtype)
-    model.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(info.path, base).save_pretrained(tmp)  # carries the chat template used in training
-    write_export_info(tmp, info, base, "merged")
-    finish_out_dir(tmp, out_dir)
+    tokenizer = load_tokenizer(info.path, base)  # carries the chat template used in training
+    tmp = prepare_out_dir(out_dir, overwrite)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        write_export_info(folder, info, base, "merged")
+
+    write_or_clean_up(tmp, out_dir, write)
     return ExportResult(
         out_dir, "merged", f"Merged {info.method} adapter into {base.name}: a standalone model in {out_dir}."
     )
@@ -115,14 +156,6 @@ def export_adapter(
     info = read_adapter_info(adapter_dir)
     base = resolve_base_model(info, base_path)
     tmp = prepare_out_dir(out_dir, overwrite)
-    for item in info.path.iterdir():
-        if item.is_file() and not any(fnmatch.fnmatch(item.name, pat) for pat in TRAINER_STATE):
-            shutil.copy2(item, tmp / item.name)
-    adapter_info = json.loads((tmp / "umtcds_adapter.json").read_text(encoding="utf-8"))
-    adapter_info["base_model"] = str(base)  # the path that exists now, if the base moved
-    (tmp / "umtcds_adapter.json").write_text(
-        json.dumps(adapter_info, indent=2, ensure_ascii=False), encoding="utf-8"
-    )
     note = (
         f"# {info.method} adapter\n\n"
         f"P-tuning v2 learns prefixes fed to every layer at run time; they cannot be merged into the\n"
@@ -136,9 +169,20 @@ def export_adapter(
         "```\n\n"
         "or serve it: `python -m blocks.serve --adapter THIS_FOLDER`.\n"
     )
-    (tmp / "EXPORT.md").write_text(note, encoding="utf-8")
-    write_export_info(tmp, info, base, "adapter")
-    finish_out_dir(tmp, out_dir)
+
+    def write(folder: Path) -> None:
+        for item in info.path.iterdir():
+            if item.is_file() and not any(fnmatch.fnmatch(item.name, pat) for pat in TRAINER_STATE):
+                shutil.copy2(item, folder / item.name)
+        adapter_info = json.loads((folder / "umtcds_adapter.json").read_text(encoding="utf-8"))
+        adapter_info["base_model"] = str(base)  # the path that exists now, if the base moved
+        (folder / "umtcds_adapter.json").write_text(
+            json.dumps(adapter_info, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+        (folder / "EXPORT.md").write_text(note, encoding="utf-8")
+        write_export_info(folder, info, base, "adapter")
+
+    write_or_clean_up(tmp, out_dir, write)
     return ExportResult(
         out_dir,
         "adapter",

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,27 @@ class ChatClient(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
+def check_base_url(base_url: str, backend: str) -> str:
+    """Return a usable http(s) base URL (stripped), or raise SettingsError saying what it should look like."""
+    from urllib.parse import urlsplit
+
+    url = (base_url or "").strip()
+    example = "http://127.0.0.1:8000/v1" if backend == "openai" else DEFAULT_ZHIPU_URL
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise SettingsError(
+            f"The base URL {url[:200]!r} is not an http(s) address: write it like {example} "
+            "(scheme, host, optional port and path)."
+        )
+    if any(ch.isspace() for ch in url):
+        raise SettingsError(f"The base URL {url[:200]!r} contains spaces: remove them.")
+    return url
+
+
 def estimate_tokens(text: str) -> int:
     """Conservative token estimate for hosted models whose tokenizer we cannot load offline.
 
@@ -230,8 +252,11 @@ class OpenAIClient:
             raise SettingsError(
                 "OpenAI-compatible backend: enter the server's base URL, e.g. http://host:8000/v1"
             )
+        base_url = check_base_url(base_url, "openai")
         if not model:
             raise SettingsError("OpenAI-compatible backend: enter the model name the server serves")
+        self.base_url = base_url
+        self.reached = False  # set by the first answer; until then a connection error means "wrong URL"
         self.model = model
         self.context_tokens = context_tokens or 32768
         # Local servers ignore the key but the SDK insists on one.
@@ -251,13 +276,15 @@ class OpenAIClient:
         except sdk.APITimeoutError as exc:
             raise LLMTimeoutError(f"the request timed out: {exc}") from exc
         except sdk.APIConnectionError as exc:
-            raise LLMConnectionError(f"cannot reach the server: {exc}") from exc
+            raise unreachable(self, exc) from exc
         except sdk.APIStatusError as exc:
+            self.reached = True
             raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
         except sdk.APIResponseValidationError as exc:
             raise MalformedResponseError(f"malformed response: {exc}") from exc
         except ValueError as exc:  # JSON decoding of a truncated body
             raise MalformedResponseError(f"malformed response body: {exc}") from exc
+        self.reached = True
         if isinstance(completion, str):  # the SDK hands back unparseable bodies as text
             raise MalformedResponseError(f"malformed response body: {completion[:200]}")
         return _content_of(completion)
@@ -280,10 +307,10 @@ class ZhipuClient:
             )
         self.model = model or DEFAULT_ZHIPU_MODEL
         self.context_tokens = context_tokens or 128000
+        self.base_url = check_base_url(base_url, "zhipu") if base_url else DEFAULT_ZHIPU_URL
+        self.reached = False
         self._sdk = zhipuai
-        self._client = zhipuai.ZhipuAI(
-            api_key=key, base_url=base_url or DEFAULT_ZHIPU_URL, timeout=timeout, max_retries=0
-        )
+        self._client = zhipuai.ZhipuAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
@@ -300,16 +327,30 @@ class ZhipuClient:
         except zerr.APITimeoutError as exc:
             raise LLMTimeoutError(f"the request timed out: {exc}") from exc
         except zerr.APIConnectionError as exc:
-            raise LLMConnectionError(f"cannot reach the server: {exc}") from exc
+            raise unreachable(self, exc) from exc
         except zerr.APIStatusError as exc:
+            self.reached = True
             raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
         except zerr.ZhipuAIError as exc:
             raise MalformedResponseError(f"malformed response: {exc}") from exc
         except ValueError as exc:
             raise MalformedResponseError(f"malformed response body: {exc}") from exc
+        self.reached = True
         if isinstance(completion, str):
             raise MalformedResponseError(f"malformed response body: {completion[:200]}")
         return _content_of(completion)
+
+
+def unreachable(client, exc: Exception) -> LLMConnectionError:
+    """The error for a failed connection; before any answer it points at the base URL and is final."""
+    if getattr(client, "reached", True):
+        return LLMConnectionError(f"cannot reach the server: {exc}")
+    error = LLMConnectionError(
+        f"Cannot reach the API at {client.base_url} ({exc}): check the base URL, that the server is "
+        "running, and the network."
+    )
+    error.retryable = False  # a wrong address does not get better with waiting
+    return error
 
 
 # ---------------------------------------------------------------- local model
@@ -322,30 +363,56 @@ _LOCAL_MODELS: dict[str, tuple[object, object]] = {}
 
 def load_local_model(model_path: str):
     """Return (model, tokenizer) for `model_path`, loading it once; a different path replaces it."""
-    from pathlib import Path
 
     key = str(Path(model_path).resolve())
     with _LOCAL_LOCK:
         if key in _LOCAL_MODELS:
             return _LOCAL_MODELS[key]
-        if not (Path(key) / "config.json").is_file():
-            raise SettingsError(f"{model_path} is not a Hugging Face model folder (no config.json)")
+        check_model_folder(Path(key), model_path)
         unload_local_models()
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cuda = torch.cuda.is_available()
-        tokenizer = AutoTokenizer.from_pretrained(key)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(key)
+            # safetensors only: a pickled .bin weight file can run code when it is opened.
+            model = AutoModelForCausalLM.from_pretrained(
+                key,
+                dtype=torch.bfloat16 if cuda else torch.float32,
+                device_map="cuda" if cuda else None,
+                use_safetensors=True,
+            )
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, ImportError) as exc:
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            raise SettingsError(
+                f"Cannot load the model in {model_path}: {str(exc)[:300]}. Choose a complete Hugging Face "
+                "model folder (config.json, tokenizer files, *.safetensors weights)."
+            ) from exc
         tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            key, dtype=torch.bfloat16 if cuda else torch.float32, device_map="cuda" if cuda else None
-        )
         model.eval()
         _LOCAL_MODELS[key] = (model, tokenizer)
         log.info("loaded local model %s on %s", key, "cuda" if cuda else "cpu")
         return model, tokenizer
+
+
+def check_model_folder(folder: Path, shown: str) -> None:
+    """Refuse a folder that is not a Hugging Face model with safetensors weights (never unpickle .bin)."""
+    if not folder.is_dir():
+        raise SettingsError(f"{shown} is not a folder: choose a Hugging Face model folder.")
+    if not (folder / "config.json").is_file():
+        raise SettingsError(f"{shown} is not a Hugging Face model folder (no config.json)")
+    if not list(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+        extra = f" (found {', '.join(pickled[:3])}: pickled weights are never loaded)" if pickled else ""
+        raise SettingsError(
+            f"{shown} has no .safetensors weights{extra}: only safetensors models are loaded. Convert it "
+            "with `model.save_pretrained(folder, safe_serialization=True)` on a machine you trust."
+        )
 
 
 def unload_local_models() -> int:
@@ -410,6 +477,7 @@ class LocalClient:
     def __init__(self, model_path: str, batch_size: int = 8, context_tokens: int = 0) -> None:
         if not model_path:
             raise SettingsError("Local backend: enter a model folder (default: the embedded SmolLM2)")
+        check_model_folder(Path(model_path), model_path)  # cheap: refuse a bad folder before any work
         self.model_path = model_path
         self.model = os.path.basename(os.path.normpath(model_path))
         self.batch_size = max(1, batch_size)

@@ -31,6 +31,8 @@ from blocks.clean import (
     StageInputError,
     add_client_args,
     append_jsonl,
+    check_fatal,
+    check_numbers,
     check_prompt,
     client_from_args,
     fill_prompt,
@@ -40,7 +42,9 @@ from blocks.clean import (
     on_gpu,
     prompt_version,
     read_jsonl,
+    read_page_text,
     read_pages,
+    read_prompt_file,
     read_state,
     run_cli,
     sha256_text,
@@ -61,6 +65,12 @@ from blocks.llm import (
 from blocks.workspace import Project, get_project
 
 SOURCES = ("auto", "clean", "raw")
+
+
+class NoQAError(LLMError):
+    """Every answer for a page was unusable (garbage, refusals, only <think>): the page is failed."""
+
+    reason = "no_qa"
 
 
 @dataclass
@@ -101,6 +111,23 @@ class QASettings:
     concurrency: int = 4
     overwrite: bool = False
     release_model: bool | None = None  # local backend: unload at the end (None = only on GPU)
+
+    def check(self) -> QASettings:
+        """Return self, or raise StageInputError naming the setting that cannot work."""
+        if self.source not in SOURCES:
+            raise StageInputError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        check_numbers(
+            chunk_tokens=(self.chunk_tokens, 16, 1_000_000),
+            overlap_tokens=(self.overlap_tokens, 0, 1_000_000),
+            tokens_per_question=(self.tokens_per_question, 1, 1_000_000),
+            max_questions=(self.max_questions, 1, 100),
+            max_new_tokens=(self.max_new_tokens, 16, 1_000_000),
+            temperature=(self.temperature, 0, 2),
+            grounding_threshold=(self.grounding_threshold, 0, 1),
+            variants=(self.variants, 0, 10),
+            concurrency=(self.concurrency, 1, 64),
+        )
+        return self
 
     def templates(self) -> tuple[str, str, str]:
         qa = check_prompt(self.prompt or load_prompt("qa", self.prompt_lang), ("{text}", "{n}"))
@@ -301,27 +328,32 @@ def pair_id(source_url: str, question: str) -> str:
 # ---------------------------------------------------------------- the stage
 
 
-def read_source_text(project: Project, page: Page, source: str) -> str | None:
-    """The page text the QA stage uses, or None when `source` is 'clean' and it is not cleaned yet."""
+def read_source_text(project: Project, page: Page, source: str) -> str:
+    """The page text the QA stage uses; StageInputError (with a reason label) when there is none."""
     cleaned = project.clean_dir / f"{page.id}.txt"
     if source in ("auto", "clean") and cleaned.is_file():
-        return cleaned.read_text(encoding="utf-8")
+        return read_page_text(cleaned)
     if source == "clean":
-        return None
-    raw = project.crawl_dir / page.text_file
-    return raw.read_text(encoding="utf-8") if raw.is_file() else None
+        raise StageInputError("not_cleaned: no cleaned text; run a clean tab first or use source auto/raw")
+    return read_page_text(project.crawl_dir / page.text_file)
 
 
 def assemble_qa_file(project: Project, pages: list[Page] | None = None) -> int:
-    """Rebuild qa/qa.jsonl from the per-page files of finished pages, dropping repeated questions."""
+    """Rebuild qa/qa.jsonl from the per-page files of finished pages, dropping repeated questions.
+
+    A page whose latest attempt failed keeps the pairs of its last successful run (its per-page file is
+    only ever replaced by a success), so a failed rerun never takes pairs away from qa.jsonl.
+    """
     state = read_state(project.qa_dir / "state.jsonl")
     ids = [p.id for p in pages] if pages is not None else sorted(state)
     seen: set[str] = set()
     lines = []
     for page_id in ids:
-        if state.get(page_id, {}).get("status") != "done":
+        if state.get(page_id, {}).get("status") not in ("done", "failed"):
             continue
         for rec in read_jsonl(project.qa_dir / "pages" / f"{page_id}.jsonl"):
+            if not isinstance(rec.get("question"), str):
+                continue
             key = normalize_question(rec["question"])
             if key in seen:
                 continue
@@ -339,9 +371,7 @@ def generate_qa(
     policy: RetryPolicy = RetryPolicy(),
 ) -> Iterator[RunReport]:
     """Generate pairs for every page not done yet; yields the report after each request and at the end."""
-    settings = settings or QASettings()
-    if settings.source not in SOURCES:
-        raise StageInputError(f"unknown source {settings.source!r}: choose one of {', '.join(SOURCES)}")
+    settings = (settings or QASettings()).check()
     qa_t, judge_t, para_t = settings.templates()
     version = prompt_version(
         qa_t, judge_t if settings.judge else "", para_t if settings.variants else "", str(settings.variants)
@@ -351,12 +381,11 @@ def generate_qa(
     report = RunReport("qa", total=len(pages))
     todo = []
     for page in pages:
-        text = read_source_text(project, page, settings.source)
-        if text is None:
+        try:
+            text = read_source_text(project, page, settings.source)
+        except StageInputError as exc:
             report.failed += 1
-            report.failures[page.id] = (
-                "not_cleaned: no cleaned text; run a clean tab first or use source auto/raw"
-            )
+            report.failures[page.id] = str(exc)
             continue
         sha = sha256_text(text)
         prev = state.get(page.id)
@@ -411,7 +440,7 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
                 )
                 report.skipped += 1
                 continue
-            wave.append({"page": page, "sha": sha, "error": None, "pairs": [], "drops": {}})
+            wave.append({"page": page, "sha": sha, "error": None, "pairs": [], "drops": {}, "answers": 0})
             chunk_refs += [(len(wave) - 1, c) for c in chunks]
 
         # 1. ask for pairs
@@ -426,13 +455,16 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
         for i, result in _run_phase(client, requests, settings, policy, stop, report):
             w, chunk = chunk_refs[i]
             item = wave[w]
+            check_fatal(result, report)
             if isinstance(result, LLMError):
                 item["error"] = item["error"] or result
                 yield report
                 continue
             parsed = parse_qa_pairs(result)
+            item["answers"] += 1
             if not parsed:
                 _count(item, "unparseable")
+                item["sample"] = item.get("sample") or result
             for question, answer in parsed:
                 if not is_standalone(question):
                     _count(item, "not_standalone")
@@ -531,6 +563,13 @@ def _finish_page(project: Project, client, item: dict, version: str, report: Run
     state_file = project.qa_dir / "state.jsonl"
     for reason, n in item["drops"].items():
         report.drop(reason, n)
+    if item["error"] is None and item["drops"].get("unparseable", 0) == item["answers"] > 0:
+        # Not one chunk's answer held a question-answer pair: a failure to retry, not an empty page.
+        sample = " ".join(strip_think(item["sample"]).split())[:120] or "(only <think> reasoning)"
+        item["error"] = NoQAError(
+            f"the model's answers contained no question-answer pairs (e.g. {sample!r}): check that the "
+            "prompt asks for JSON pairs, or use a stronger model"
+        )
     if item["error"] is not None:
         err: LLMError = item["error"]
         report.failed += 1
@@ -598,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_run(stop):
         project = get_project(args.project)
-        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else ""
+        prompt = read_prompt_file(args.prompt_file)
         settings = QASettings(
             prompt=prompt,
             prompt_lang=args.prompt_lang,

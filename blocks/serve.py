@@ -257,11 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
+        if not 1 <= args.port <= 65535:
+            raise ServeError(
+                f"--port {args.port} is out of range: choose a port from 1 to 65535 (default 8000)."
+            )
+        if not 1 <= args.max_new_tokens <= 8192:
+            raise ServeError(f"--max-new-tokens {args.max_new_tokens} is out of range: use 1 to 8192.")
         if not is_loopback(args.host) and api_key is None and not args.insecure_no_auth:
             raise ServeError(
                 f"Refusing to serve on {args.host} without an API key: anyone who reaches the port could use "
                 f"the model. Pass --api-key KEY (or set {API_KEY_ENV}), or --insecure-no-auth if you mean it."
             )
+        sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast on a taken port
         loaded = load_model(args.model, args.adapter, args.device)
     except (ChatError, ServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -271,8 +278,24 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(loaded, api_key, args.max_new_tokens)
     print(f"Serving {loaded.describe()}", flush=True)
     print(f"OpenAI base_url: http://{args.host}:{args.port}/v1   model: {loaded.name}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     return 0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or ServeError saying why it cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+    except (OSError, UnicodeError) as exc:
+        raise ServeError(
+            f"Cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}): the port may be taken "
+            "or the address is not one of this machine's; choose another --port or --host."
+        ) from exc
+    return sock
 
 
 if __name__ == "__main__":

