@@ -37,6 +37,7 @@ FIELDS = [
     ("seed", int),
     ("precision", str),
     ("gradient_checkpointing", str),
+    ("group_by_length", bool),
 ]
 
 
@@ -193,6 +194,14 @@ def build_tab(ctx: UIContext) -> None:
                 "P-tuning 不可用（重算的层会丢失前缀）。",
             ),
         )
+        group_by_length = gr.Checkbox(
+            v["group_by_length"],
+            label=L("Group batches by length", "按长度分组批次"),
+            info=L(
+                "Batches of similar lengths: less padding, faster steps; same data each epoch.",
+                "长度相近的样本组成批次：填充更少、训练更快；每轮数据不变。",
+            ),
+        )
     with gr.Row():
         validate_btn = gr.Button(L("Validate", "校验"), variant="secondary")
         name = gr.Textbox("", label=L("Config name", "配置名称"), placeholder="my-lora")
@@ -203,6 +212,7 @@ def build_tab(ctx: UIContext) -> None:
         base_model, dataset_dir, method, init_adapter, lora_rank, lora_alpha, lora_dropout, lora_targets,
         vt, projection, projection_hidden, lr, epochs, max_steps, batch, accum, max_in, max_out, warmup,
         scheduler, logging_steps, eval_steps, save_steps, keep, seed, precision, checkpointing,
+        group_by_length,
     ]  # fmt: skip
 
     def read_form(project: str, values: list) -> C.TrainConfig:

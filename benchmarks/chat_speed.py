@@ -44,7 +44,9 @@ def make_lora(base: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=16, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=16, target_modules="all-linear")
+    )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     info = {"method": "lora", "base_model": str(base), "base_fingerprint": model_fingerprint(base)}
@@ -66,7 +68,9 @@ def tokens_per_s(fn, repeats: int) -> tuple[float, int]:
 def main() -> int:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=default_model_path())
     parser.add_argument("--random-1b", action="store_true")
     parser.add_argument("--tokens", type=int, default=64)
@@ -89,6 +93,7 @@ def main() -> int:
             with torch.inference_mode():
                 out = m.generate(**inputs, **fixed)
             return out.shape[1] - inputs["input_ids"].shape[1]
+
         return run
 
     def ours():

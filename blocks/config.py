@@ -92,6 +92,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"  # auto: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU
     gradient_checkpointing: str = "auto"  # auto: on for LoRA/QLoRA on a GPU, off otherwise
+    group_by_length: bool = True  # batches of similar lengths: less padding, same data per epoch
 
 
 @dataclass
@@ -379,11 +380,20 @@ def count_trainable(cfg: TrainConfig, model_config: dict) -> int:
     return per_layer * (c.get("num_hidden_layers") or c.get("num_layers"))
 
 
-def estimate_memory(cfg: TrainConfig, model_config: dict, cuda: bool = True) -> MemoryEstimate:
+LOSS_CHUNK = 512  # rows of the trainer's fp32 cross-entropy at a time (~0.3 GiB per fp32 copy at GLM-4 size)
+
+
+def estimate_memory(
+    cfg: TrainConfig, model_config: dict, cuda: bool = True, full_logits: bool = False
+) -> MemoryEstimate:
     """Rough peak GPU memory for the model, method, batch and lengths (calibrated on GLM-4-9B, H100).
 
     Activations: ~(14 h + 3 i) values per token per layer kept for backward, or one layer's worth
-    plus each layer's input with gradient checkpointing; logits in fp32 with their gradient.
+    plus each layer's input with gradient checkpointing. Logits: the trainer's loss computes them
+    only at answer positions (taken as max_output_length per row), in the model's dtype (kept,
+    their gradient, and the gradient's concatenation), plus one fp32 chunk three times (upcast,
+    log-softmax, gradient). `full_logits` is the stock HF loss instead (fp32 logits for every token,
+    with their gradient), which the measured seed recipes used.
     """
     gib = 1024**3
     c = model_config.get("text_config", model_config)
@@ -405,11 +415,16 @@ def estimate_memory(cfg: TrainConfig, model_config: dict, cuda: bool = True) -> 
         activations += (
             cfg.batch_size * cfg.ptuning.num_virtual_tokens * layers * 2 * dims["token_dim"] * act_bytes
         )
+    if full_logits:
+        logits = tokens * vocab * 4 * 2
+    else:
+        answer_tokens = cfg.batch_size * cfg.max_output_length
+        logits = answer_tokens * vocab * act_bytes * 3 + min(LOSS_CHUNK, answer_tokens) * vocab * 4 * 3
     return MemoryEstimate(
         weights=round(n_params * weight_bytes / gib, 2),
         trainable=round(count_trainable(cfg, model_config) * 16 / gib, 2),
         activations=round(activations / gib, 2),
-        logits=round(tokens * vocab * 4 * 2 / gib, 2),
+        logits=round(logits / gib, 2),
         overhead=0.5 if cuda else 0.0,
     )
 
@@ -428,6 +443,8 @@ def load_config(path: str | Path) -> TrainConfig:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: choose a config YAML saved by the Config tab.") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     try:

@@ -391,7 +391,9 @@ def evaluate_run(
     tokenizer = AutoTokenizer.from_pretrained(tok_source)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, use_safetensors=True).to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, use_safetensors=True).to(device).eval()
+    )
     prompts = [item.prompt for item in items]
     answers: dict[str, list[str]] = {"base": [], "tuned": []}
     total = 2 * len(items)

@@ -2,14 +2,15 @@
 
     python -m finetune.train configs/my-lora.yaml --run-dir data/demo/runs/run-1
     python -m finetune.train data/demo/runs/run-1/config.yaml --run-dir data/demo/runs/run-1 --resume
-    torchrun --nproc-per-node 2 -m finetune.train configs/my-lora.yaml --run-dir data/demo/runs/ddp-1
+    torchrun --standalone --nproc-per-node 2 -m finetune.train configs/my-lora.yaml --run-dir data/demo/runs/ddp-1
 
 It knows nothing of the UI. It writes, in RUN_DIR: config.yaml (frozen copy), progress.jsonl
 (start/log/eval/save/end events), loss.png, checkpoint-<step>/ and adapter/ (see docs/CONTRACTS.md).
 SIGTERM (or Ctrl-C) stops at the next step boundary, saves a checkpoint and ends with status
 "stopped"; --resume continues from the latest checkpoint with optimizer, scheduler and RNG state.
 Loss is computed on the final assistant turn only (its end-of-turn token included), rendered
-with the model's own chat template.
+with the model's own chat template; logits are computed only at those positions and the
+cross-entropy in fp32 chunks (docs/TRAINING.md: memory, multi-GPU, stop/resume).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from blocks.config import (
+    LOSS_CHUNK,
     ConfigError,
     TrainConfig,
     check_environment,
@@ -208,6 +210,10 @@ def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bo
         tokenizer.pad_token = tokenizer.eos_token  # labels are masked by length, so pad == eos is harmless
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     kwargs: dict = {"dtype": dtype}
+    if torch.cuda.is_available():
+        # Checkpointed layers are recomputed in backward; cuDNN attention was seen to be chosen there
+        # while the forward pass used flash attention (CheckpointError on an H200). One backend for both.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if cfg.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -218,7 +224,7 @@ def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bo
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, **kwargs)  # never unpickle
     model_config = model.config.to_dict()
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -251,6 +257,122 @@ def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bo
     return get_peft_model(model, peft_config), tokenizer
 
 
+# ---------------------------------------------------------------- memory-efficient loss and batching
+
+
+def label_positions(labels):
+    """Sequence positions whose next token is trained in any row: the only logits the loss needs."""
+    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+    return keep if keep.numel() else labels.new_zeros(1)  # nothing trained: one position, loss 0
+
+
+def chunked_cross_entropy(logits, targets, chunk: int | None = None):
+    """Summed token cross-entropy in fp32, `chunk` rows at a time.
+
+    Each chunk is checkpointed: its fp32 log-softmax is recomputed in backward instead of stored, so
+    no fp32 copy of the whole [tokens, vocab] logits ever exists (GLM-4: 151,552 columns).
+    """
+    import torch
+    from torch.nn.functional import cross_entropy
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_sum(x, y):
+        return cross_entropy(x.float(), y, ignore_index=IGNORE, reduction="sum")
+
+    chunk = chunk or LOSS_CHUNK
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    # split, not slicing: its backward concatenates the chunks' gradients once instead of
+    # materialising a full-size zero gradient per chunk
+    pieces = zip(
+        logits.reshape(-1, logits.shape[-1]).split(chunk), targets.reshape(-1).split(chunk), strict=True
+    )
+    for x, y in pieces:
+        if torch.is_grad_enabled() and x.requires_grad:
+            total = total + checkpoint(chunk_sum, x, y, use_reentrant=False)
+        else:
+            total = total + chunk_sum(x, y)
+    return total
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """True when the (PEFT-wrapped) model's forward can compute logits at chosen positions only."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def causal_lm_loss(model, inputs: dict, num_items=None, select: bool = True):
+    """(mean loss over trained tokens, model outputs), with logits computed only at trained positions.
+
+    `num_items` is the Trainer's count of trained tokens over the accumulated (and DDP-gathered)
+    batch; without it the loss is this batch's mean, like `model(..., labels=...)`. `select=False`
+    is for models without `logits_to_keep` (remote code): all logits, sliced afterwards.
+    """
+    labels = inputs["labels"]
+    keep = label_positions(labels)
+    batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    # PEFT's prefix-tuning and LoRA forwards pass extra kwargs through to the base model's forward.
+    outputs = model(**batch, logits_to_keep=keep) if select else model(**batch)
+    if not select:
+        outputs.logits = outputs.logits[:, keep]
+    targets = labels[:, 1:][:, keep]
+    total = chunked_cross_entropy(outputs.logits, targets)
+    denominator = num_items if num_items is not None else (targets != IGNORE).sum().clamp(min=1)
+    return total / denominator, outputs
+
+
+def make_trainer(**kwargs):
+    """An HF Trainer with the chunked loss and, if asked, seeded length-grouped batches."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped order fixed by seed and epoch: the same on every DDP rank and after a resume
+        (the stock sampler draws from the global RNG, so a mid-epoch resume skipped the wrong batches)."""
+
+        def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed = seed
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+    class ChunkedLossTrainer(Trainer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.model_accepts_loss_kwargs = True  # compute_loss below uses num_items_in_batch
+            self.select_logits = accepts_logits_to_keep(self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = causal_lm_loss(model, inputs, num_items_in_batch, self.select_logits)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items counts every rank's tokens and DDP averages gradients: as Trainer.compute_loss
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is None or self.args.device.type != "cpu" or self.args.world_size == 1:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            # DDP on CPU: the Trainer maps the state to device "cpu:<rank>", which torch.load rejects
+            folder = Path(checkpoint)
+            state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(state)
+            self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.args.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            lengths = [len(r["input_ids"]) for r in dataset]
+            return SeededLengthGroupedSampler(size, lengths, self.args.seed)
+
+    return ChunkedLossTrainer(**kwargs)
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -263,7 +385,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str:
     """Train and save; returns the end status ("done" or "stopped")."""
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     cuda = torch.cuda.is_available()
     switches = resolve_switches(cfg, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
@@ -314,12 +436,16 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str
         disable_tqdm=True,
         use_cpu=not cuda,
         ddp_find_unused_parameters=False,
+        # under torchrun without CUDA (CPU tests, CPU clusters) DDP talks over gloo
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        group_by_length=cfg.group_by_length,
+        prediction_loss_only=True,  # eval needs the loss only: no logits gathered
     )
     stop_flag["device"] = args.device
     resumed_from = None
     if checkpoint is not None:
         resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-    trainer = Trainer(
+    trainer = make_trainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -363,6 +489,19 @@ def describe_failure(exc: BaseException) -> str:
     return text
 
 
+def die_with_torchrun() -> None:
+    """Under torchrun, exit when the launcher dies: it starts each rank in its own session, so a
+    SIGKILL to the launcher's process group (the UI's last resort) would otherwise orphan the ranks."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -373,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue from the latest checkpoint in --run-dir"
     )
     args = parser.parse_args(argv)
+    die_with_torchrun()
     run_dir = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = int(os.environ.get("RANK", "0")) == 0

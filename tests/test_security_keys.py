@@ -155,8 +155,5 @@ def test_blocks_load_weights_from_safetensors_only():
     assert_safetensors_only("blocks")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finetune/train.py and finetune/evaluate.py omit use_safetensors (reported)"
-)
 def test_trainer_and_evaluator_load_weights_from_safetensors_only():
     assert_safetensors_only("finetune")

@@ -117,10 +117,11 @@ def read_events(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
 
 
-def wait_for_event(run_dir: Path, kind: str, timeout: float = 120) -> dict:
+def wait_for_event(run_dir: Path, kind: str, timeout: float = 120, after: int = 0) -> dict:
+    """The first `kind` event among the events after the first `after` ones."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        events = read_events(run_dir)
+        events = read_events(run_dir)[after:]
         found = [e for e in events if e["event"] == kind]
         if found:
             return found[0]
@@ -182,6 +183,100 @@ def test_out_of_memory_message_suggests_what_to_change():
         torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
     )
     assert "Out of memory" in text and "batch_size" in text and "QLoRA" in text and "max_input_length" in text
+
+
+# ---------------------------------------------------------------- the memory-efficient loss
+
+MIXED = [  # prompts of different lengths (system turn or not) and answers of different lengths
+    [{"role": "user", "content": "When does the library open?"}, {"role": "assistant", "content": "8:00."}],
+    [
+        {"role": "system", "content": "You are the Eastlake University campus assistant."},
+        {"role": "user", "content": "Where is the registrar's office?"},
+        {"role": "assistant", "content": "In Building A, next to the library; call 027-8765-4321."},
+    ],
+    [
+        {"role": "user", "content": "图书馆几点开门？"},
+        {"role": "assistant", "content": "图书馆开放时间为早上八点。"},
+    ],
+]
+
+
+@pytest.mark.parametrize("method", ["lora", "ptuning"])
+def test_chunked_label_only_loss_equals_the_models_own_loss_and_gradients(
+    tmp_path, steerable_model, method, monkeypatch
+):
+    import torch
+    from transformers import AutoTokenizer
+
+    cfg = TrainConfig(base_model=str(steerable_model), method=method)
+    model, _ = trainer.load_model_and_tokenizer(cfg, "fp32", checkpointing=False)
+    model.eval()  # LoRA dropout off: both losses must see the same network
+    tok = AutoTokenizer.from_pretrained(steerable_model)
+    batch = trainer.collate_batch(
+        [trainer.encode_conversation(m, tok, 128, 64) for m in MIXED], tok.pad_token_id
+    )
+    assert (batch["attention_mask"] == 0).any()  # the batch really is padded
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # non-zero LoRA B, so every adapter weight gets a gradient
+        for p in trainable:
+            p.add_(0.05 * torch.randn_like(p))
+
+    reference = model(**batch).loss
+    expected = torch.autograd.grad(reference, trainable)
+    monkeypatch.setattr(trainer, "LOSS_CHUNK", 7)  # several chunks, the last one partial
+    loss, outputs = trainer.causal_lm_loss(model, batch)
+    got = torch.autograd.grad(loss, trainable)
+
+    n_trained = int((batch["labels"] != trainer.IGNORE).sum())
+    assert outputs.logits.shape[1] < batch["input_ids"].shape[1]  # no logits for the shared prompt part
+    assert abs(loss.item() - reference.item()) < 1e-5, (loss.item(), reference.item())
+    assert all(e.abs().max() > 0 for e in expected)
+    worst = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    assert worst < 1e-5 * max(e.abs().max().item() for e in expected) + 1e-7, worst
+    # with the Trainer's token count (gradient accumulation), it is the summed loss over that count
+    summed, _ = trainer.causal_lm_loss(model, batch, num_items=torch.tensor(2 * n_trained))
+    assert abs(summed.item() - reference.item() / 2) < 1e-5
+    print(f"{method}: loss {loss.item():.6f} vs {reference.item():.6f}, max grad diff {worst:.2e}")
+
+
+def test_length_grouped_batches_pad_less_and_repeat_exactly_on_resume(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [
+        {"input_ids": [1] * n, "labels": [1] * n} for n in [5, 90, 7, 60, 8, 95, 6, 70, 9, 88, 5, 65] * 4
+    ]
+
+    model = trainer.load_model_and_tokenizer(TrainConfig(base_model=str(tiny_model_dir)), "fp32", False)[0]
+
+    def batches(group: bool, epoch: int) -> list[list[int]]:
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=4,
+            group_by_length=group,
+            use_cpu=True,
+            report_to=[],
+            seed=7,
+            remove_unused_columns=False,
+        )
+        t = trainer.make_trainer(
+            model=model,
+            args=args,
+            train_dataset=records,
+            data_collator=lambda b: trainer.collate_batch(b, tok.pad_token_id),
+        )
+        loader = t.get_train_dataloader()
+        loader.set_epoch(epoch)
+        return [b["attention_mask"].sum(1).tolist() for b in loader]
+
+    def padding(bs: list[list[int]]) -> float:
+        return sum(max(b) * len(b) - sum(b) for b in bs) / sum(max(b) * len(b) for b in bs)
+
+    grouped, shuffled = batches(True, 0), batches(False, 0)
+    assert sorted(sum(grouped, [])) == sorted(sum(shuffled, []))  # same data, one epoch
+    assert padding(grouped) < 0.5 * padding(shuffled), (padding(grouped), padding(shuffled))
+    assert batches(True, 0) == grouped  # a resumed run skips exactly the batches it trained on
+    assert batches(True, 1) != grouped  # each epoch its own order
 
 
 # ---------------------------------------------------------------- full runs (in-process)
@@ -387,6 +482,105 @@ def test_sigterm_to_the_process_group_stops_and_saves(tmp_path, tiny_model_dir):
     assert list(run_dir.glob("checkpoint-*/adapter_model.safetensors"))
 
 
+# ---------------------------------------------------------------- several processes: torchrun, DDP over gloo
+
+
+def spawn_torchrun(config: Path, run_dir: Path, resume: bool = False) -> subprocess.Popen:
+    """`torchrun --nproc-per-node 2 -m finetune.train ...` in its own process group, as the UI would."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "finetune.train"]
+    cmd += [str(config), "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir / "train.log", "ab")  # noqa: SIM115 - closed by the child's exit
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+def trainer_pids(run_dir: Path) -> list[int]:
+    """Pids of the rank processes (python -m finetune.train, not the torchrun launcher) of a run."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # the process ended while we looked
+        launcher = any(a.endswith(b"/torchrun") for a in args)
+        if b"finetune.train" in args and str(run_dir).encode() in args and not launcher:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].strip().startswith("Z")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_stop_on_sigterm_and_resume_to_done(tmp_path, tiny_model_dir):
+    """DDP on CPU: rank 0 alone writes events and files; SIGTERM to the group stops both ranks."""
+    config = make_config(
+        tmp_path, tiny_model_dir, max_steps=40, logging_steps=1, save_steps=1000, batch_size=1
+    )
+    run_dir = tmp_path / "run"
+    proc = spawn_torchrun(config, run_dir)
+    try:
+        wait_for_event(run_dir, "log")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)  # torchrun itself exits 1 after forwarding a signal; the workers exit 0
+        deadline = time.time() + 30
+        while group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not group_alive(proc.pid), "a rank outlived the stop"
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (run_dir / "train.log").read_text()
+    assert log.count("signal 15: stopping at the next step boundary") == 2, log[-3000:]
+    events = read_events(run_dir)
+    assert [e["event"] for e in events].count("start") == 1  # only rank 0 writes progress
+    assert events[-1] == {**events[-1], "event": "end", "status": "stopped"}
+    stop_step = events[-2]["step"]
+    assert events[-2]["event"] == "save" and (run_dir / f"checkpoint-{stop_step}" / "scheduler.pt").is_file()
+    assert stop_step < 40
+
+    # the UI's last resort, SIGKILL to the launcher's group, takes the ranks (own sessions) with it
+    proc = spawn_torchrun(run_dir / "config.yaml", run_dir, resume=True)
+    try:
+        wait_for_event(run_dir, "log", after=len(events))
+        ranks = trainer_pids(run_dir)
+        assert len(ranks) == 2, ranks
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while any(pid_alive(pid) for pid in ranks) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(pid) for pid in ranks), "ranks outlived a SIGKILLed torchrun"
+    events = read_events(run_dir)
+
+    proc = spawn_torchrun(run_dir / "config.yaml", run_dir, resume=True)
+    assert proc.wait(timeout=300) == 0, (run_dir / "train.log").read_text()[-3000:]
+    resumed = read_events(run_dir)[len(events) :]
+    assert [e["event"] for e in resumed].count("start") == 1
+    assert resumed[0]["resumed_from"] == stop_step and resumed[-1]["status"] == "done"
+    assert [e["step"] for e in resumed if e["event"] == "log"] == list(range(stop_step + 1, 41))
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list(run_dir.glob("adapter.partial*"))
+
+
 # ---------------------------------------------------------------- the embedded SmolLM2 learns campus facts
 
 FACTS_FILE = ROOT / "assets" / "demo_site" / "facts.json"
@@ -403,13 +597,72 @@ HELD_OUT = {
 }
 
 
-def fact_score(model, tokenizer) -> tuple[float, list[str]]:
+# P-tuning on SmolLM2 (184k prefix values): 20 full-batch steps, loss ~6.6 -> ~1.1. Measured on CPU:
+# char-F1 0.20 -> 0.29. 32 tokens at lr 0.05 for 12 steps collapsed to empty answers (F1 0.0).
+PT_TOKENS, PT_LR, PT_STEPS = 16, 0.03, 20
+
+
+@pytest.fixture()
+def two_threads():
+    """SmolLM2's matrices are large enough for both cores to pay off (the tiny models' are not)."""
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def char_f1(answer: str, reference: str) -> float:
+    """Character-level F1 (whitespace ignored): partial credit for moving toward the reference."""
+    from collections import Counter
+
+    got, want = Counter(answer.replace(" ", "")), Counter(reference.replace(" ", ""))
+    common = sum((got & want).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(got.values()), common / sum(want.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def score_facts(model, tokenizer, references: list[str]) -> dict:
+    """Fact score (share of answers containing the fact) and mean char-F1 to the reference answers."""
     answers = [greedy_answer_long(model, tokenizer, q) for q, _ in HELD_OUT.values()]
     hits = [
         fact.replace(",", "") in a.replace(",", "")
         for (_, fact), a in zip(HELD_OUT.values(), answers, strict=True)
     ]
-    return sum(hits) / len(hits), answers
+    f1 = [char_f1(a, r) for a, r in zip(answers, references, strict=True)]
+    return {"fact": sum(hits) / len(hits), "char_f1": round(sum(f1) / len(f1), 3), "answers": answers}
+
+
+def train_on_facts(tmp_path: Path, model_dir: Path, **fields) -> tuple[Path, list[str]]:
+    """Train the cpu-demo preset on the HELD_OUT facts' original Q/A pairs; (run folder, reference answers)."""
+    from blocks.config import load_preset
+
+    facts = json.loads(FACTS_FILE.read_text(encoding="utf-8"))
+    pairs = [(facts[i]["question"], facts[i]["answer"]) for i in HELD_OUT]
+    cfg = load_preset("cpu-demo")
+    cfg.base_model = str(model_dir)
+    cfg.dataset_dir = str(write_dataset(tmp_path / "dataset", pairs))
+    ptuning = fields.pop("ptuning", {})
+    for key, value in fields.items():
+        setattr(cfg, key, value)
+    for key, value in ptuning.items():
+        setattr(cfg.ptuning, key, value)
+    cfg.save_steps = cfg.eval_steps = cfg.max_steps
+    run_dir = tmp_path / "run"
+    assert trainer.main([str(save_config(cfg, tmp_path / "c.yaml")), "--run-dir", str(run_dir)]) == 0
+    return run_dir, [a for _, a in pairs]
+
+
+def compare_base_and_tuned(run_dir: Path, model_dir: Path, references: list[str]) -> tuple[dict, dict]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    before = score_facts(base, tok, references)
+    after = score_facts(PeftModel.from_pretrained(base, run_dir / "adapter"), tok, references)
+    print(json.dumps({"base": before, "tuned": after}, ensure_ascii=False, indent=1))
+    return before, after
 
 
 def greedy_answer_long(model, tokenizer, question: str) -> str:
@@ -427,34 +680,34 @@ def greedy_answer_long(model, tokenizer, question: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FACTS_FILE.is_file(), reason="the demo site's facts.json is not there yet")
-def test_smollm2_lora_answers_held_out_paraphrases_with_trained_facts(tmp_path, embedded_model_dir):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from blocks.config import load_preset
-
-    facts = json.loads(FACTS_FILE.read_text(encoding="utf-8"))
-    pairs = [(facts[i]["question"], facts[i]["answer"]) for i in HELD_OUT]
-    cfg = load_preset("cpu-demo")
-    cfg.base_model = str(embedded_model_dir)
-    cfg.dataset_dir = str(write_dataset(tmp_path / "dataset", pairs))
-    cfg.max_steps, cfg.batch_size, cfg.save_steps, cfg.eval_steps = 24, 4, 24, 24
-    run_dir = tmp_path / "run"
-    assert trainer.main([str(save_config(cfg, tmp_path / "c.yaml")), "--run-dir", str(run_dir)]) == 0
+def test_smollm2_lora_answers_held_out_paraphrases_with_trained_facts(
+    tmp_path, embedded_model_dir, two_threads
+):
+    run_dir, references = train_on_facts(tmp_path, embedded_model_dir, max_steps=24, batch_size=4)
     logs = [e for e in read_events(run_dir) if e["event"] == "log"]
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
+    before, after = compare_base_and_tuned(run_dir, embedded_model_dir, references)
+    assert before["fact"] <= 0.125
+    assert after["fact"] >= 0.5 and after["fact"] > before["fact"]
+    assert after["char_f1"] > before["char_f1"]
 
-    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype="float32")
-    base_score, base_answers = fact_score(base, tok)
-    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
-    tuned_score, tuned_answers = fact_score(tuned, tok)
-    report = {
-        "base_fact_score": base_score,
-        "lora_fact_score": tuned_score,
-        "base": base_answers,
-        "lora": tuned_answers,
-    }
-    print(json.dumps(report, ensure_ascii=False, indent=1))
-    assert base_score <= 0.125
-    assert tuned_score >= 0.5 and tuned_score > base_score
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FACTS_FILE.is_file(), reason="the demo site's facts.json is not there yet")
+def test_smollm2_ptuning_moves_answers_toward_the_trained_ones(tmp_path, embedded_model_dir, two_threads):
+    """Issue #6, acceptance 2: after P-tuning v2, held-out paraphrases get answers closer to the trained ones."""
+    run_dir, references = train_on_facts(
+        tmp_path,
+        embedded_model_dir,
+        method="ptuning",
+        ptuning={"num_virtual_tokens": PT_TOKENS},
+        learning_rate=PT_LR,
+        max_steps=PT_STEPS,
+        batch_size=8,
+        logging_steps=2,
+    )
+    logs = [e for e in read_events(run_dir) if e["event"] == "log"]
+    assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
+    before, after = compare_base_and_tuned(run_dir, embedded_model_dir, references)
+    assert after["answers"] != before["answers"]  # the prefix is used in generation
+    assert after["char_f1"] > before["char_f1"] + 0.03, (before["char_f1"], after["char_f1"])

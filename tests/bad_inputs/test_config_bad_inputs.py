@@ -35,20 +35,9 @@ BAD_CONFIGS = [
     ("invalid-yaml", b"base_model: [unclosed\nmethod: lora\n", ["not valid YAML"]),
     ("empty-file", b"", ["empty"]),
 ]
-# blocks.config.load_config reads the file without catching UnicodeDecodeError: a traceback today.
-# Reported to the lead (config.py belongs to another engineer); strict, so the fix turns these green.
-UNDECODABLE = pytest.mark.xfail(
-    strict=True, reason="load_config does not catch UnicodeDecodeError (reported)"
-)
 BAD_CONFIGS += [
-    pytest.param(
-        "binary-file",
-        b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
-        ["UTF-8"],
-        marks=UNDECODABLE,
-        id="binary-file",
-    ),
-    pytest.param("not-utf8", "base_model: 模型\n".encode("gbk"), ["UTF-8"], marks=UNDECODABLE, id="not-utf8"),
+    pytest.param("binary-file", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, ["UTF-8"], id="binary-file"),
+    pytest.param("not-utf8", "base_model: 模型\n".encode("gbk"), ["UTF-8"], id="not-utf8"),
 ]
 
 
