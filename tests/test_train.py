@@ -42,36 +42,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def steerable_model(tmp_path_factory) -> Path:
-    """The tiny Llama with a wide weight init, so a learned prefix can steer it (the default init
-    leaves the tiny model's outputs near uniform whatever the attention sees)."""
-    import torch
-    from tiny import build_tiny_tokenizer
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    """The tiny Llama with a wide weight init, so a learned prefix can steer it."""
+    from tiny import build_tiny_model
 
-    tok = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-    )
-    folder = tmp_path_factory.mktemp("steerable") / "tiny"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return build_tiny_model(tmp_path_factory.mktemp("steerable") / "tiny", initializer_range=0.3)
 
 
 def write_dataset(folder: Path, pairs=PAIRS, dev=True) -> Path:

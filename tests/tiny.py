@@ -51,8 +51,12 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Save a 2-layer, 32-wide Llama with the tiny tokenizer to `folder` and return it."""
+def build_tiny_model(folder: Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Save a 2-layer, 32-wide Llama with the tiny tokenizer to `folder` and return it.
+
+    A wide `initializer_range` (e.g. 0.3) makes outputs depend strongly on attention, so a learned
+    prefix can steer the model (the default init leaves its outputs near uniform).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -69,6 +73,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
