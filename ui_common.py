@@ -75,13 +75,3 @@ class UIContext:
     default_model: str
     model_roots: list[str] = field(default_factory=list)
     exposed: bool = False  # bound to a non-loopback address
-
-
-def placeholder_tab(ctx: UIContext, issue: int, en: str, zh: str) -> None:
-    """A plain notice for a stage that is not built yet."""
-    gr.Markdown(
-        ctx.L(
-            f"**Not built yet.** {en} (tracked in issue #{issue}).",
-            f"**尚未实现。** {zh}（见 issue #{issue}）。",
-        )
-    )
