@@ -19,7 +19,14 @@ import warnings
 from dataclasses import dataclass, field
 
 from blocks.models import default_model_path
-from blocks.workspace import DEFAULT_PROJECT, WorkspaceError, check_name, get_project, list_projects
+from blocks.workspace import (
+    DEFAULT_PROJECT,
+    WorkspaceError,
+    check_name,
+    get_project,
+    is_loopback,
+    list_projects,
+)
 
 TABS = [
     # (module, English title, Chinese title)
@@ -48,16 +55,6 @@ class LaunchSettings:
     lang: str = "en"
     project: str = DEFAULT_PROJECT
     model_roots: list[str] = field(default_factory=list)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

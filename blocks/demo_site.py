@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
-import ipaddress
 import re
 import socket
 import sys
@@ -25,6 +24,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from blocks.workspace import is_loopback
 
 SITE_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_site"
 PDF_PATH = "/attach/2025/0310/summer-research-guide.pdf"
@@ -122,16 +123,6 @@ def build_pdf(lines: list[str], title: str = "Document") -> bytes:
         xref_at,
     )
     return bytes(out)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Tell whether host names a loopback address (so binding it exposes nothing to the network)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -418,7 +409,7 @@ class DemoSite:
 
 def start_demo_site(host: str = "127.0.0.1", port: int = 0, allow_public: bool = False) -> DemoSite:
     """Serve assets/demo_site/ on host:port (0 = any free port) from a daemon thread."""
-    if not allow_public and not is_loopback_host(host):
+    if not allow_public and not is_loopback(host):
         raise ValueError(
             f"refusing to serve the demo site on non-loopback address {host!r}: "
             "use 127.0.0.1, or pass --allow-public (allow_public=True) to expose it"

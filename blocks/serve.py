@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blocks.chat import ChatError, GenParams, LoadedModel, load_model, stream_reply
+from blocks.workspace import is_loopback
 
 API_KEY_ENV = "UMTCDS_API_KEY"
 
@@ -226,16 +226,6 @@ def start_server(app, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return RunningServer(server, thread, f"http://{shown}:{bound}/v1")
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

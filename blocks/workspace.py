@@ -6,6 +6,7 @@ typed into the UI can never escape the workspace.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -129,3 +130,13 @@ def confine_path(path: str | Path, roots: list[Path] | None = None) -> Path:
         f"{raw} is outside the workspace. Allowed: {shown}. "
         "Start the app with --model-root DIR to allow another model folder."
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (binding them exposes nothing to the network)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

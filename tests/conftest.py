@@ -40,3 +40,15 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(ws, "DATA_DIR", data)
     monkeypatch.setenv("UMTCDS_DATA_DIR", str(data))
     return data
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are latency-bound: with other processes on the 2 cores, one torch thread runs them
+    ~10x faster than two (OpenMP spin-waits). Modules opt in with `pytestmark = usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,15 +17,7 @@ from blocks.workspace import get_project
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models are latency-bound: on a busy 2-core machine, 2 torch threads run ~10x slower than 1."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def words(text: str) -> int:

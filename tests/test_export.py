@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_chat import QUESTION, one_torch_thread, train_tiny_adapter  # noqa: F401
+from test_chat import QUESTION, train_tiny_adapter
 
 from blocks import export
 from blocks.chat import GenParams, build_messages, generate_reply, load_model
 from blocks.export import ExportError, export_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = [QUESTION, "Where is the registrar's office?", "图书馆几点开门？"]
 

@@ -7,11 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from test_chat import QUESTION, one_torch_thread, train_tiny_adapter  # noqa: F401
+from test_chat import QUESTION, train_tiny_adapter
 
 from blocks import serve
 from blocks.chat import GenParams, build_messages, generate_reply, load_model, unload_model
 from blocks.serve import create_app, start_server
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 KEY = "test-key-0123456789"
 
