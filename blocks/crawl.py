@@ -1139,7 +1139,12 @@ class CrawlRun:
         self.load_state()
         status = "failed"
         pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="crawl")
-        inflight: dict[Future, Task] = {}
+        inflight: dict[Future, int] = {}
+        # Outcomes are handled in the order their URLs were dispatched (breadth-first order), not in
+        # the order fetches happen to finish: which of two identical pages is saved, and which links
+        # are queued first, must not depend on thread timing.
+        finished_early: dict[int, Outcome] = {}
+        dispatched = handled = 0
         try:
             self.robots_for(self.start_url)
             self.queued.add(self.start_url)
@@ -1155,18 +1160,21 @@ class CrawlRun:
                     if task.url in self.current:  # resumed run: already fetched, just replay its links
                         self.expand(self.current[task.url])
                         continue
-                    if len(self.current) + len(inflight) >= self.options.max_pages:
+                    if len(self.current) + len(inflight) + len(finished_early) >= self.options.max_pages:
                         self.skip_link(task.url, "max pages reached", task.parent_url, listed=False)
                         continue
                     validators = self.validators_for(task.url)
                     future = pool.submit(self.fetch, task, validators)
-                    inflight[future] = task
+                    inflight[future] = dispatched
+                    dispatched += 1
                 if not inflight:
                     break
                 finished, _ = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    del inflight[future]
-                    outcome = future.result()
+                    finished_early[inflight.pop(future)] = future.result()
+                while handled in finished_early:
+                    outcome = finished_early.pop(handled)
+                    handled += 1
                     if outcome.reason != "stopped":
                         self.handle(outcome)
                 self.progress.queued = len(self.frontier) + len(inflight)

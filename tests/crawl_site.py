@@ -189,6 +189,8 @@ def trap_reply(server: TrapServer, path: str, query: dict[str, list[str]], heade
             ).encode(),
         )
     if path in ("/trap/news.htm", "/trap/copy.htm"):
+        if path == "/trap/news.htm":
+            time.sleep(0.3)  # the original answers after its copy: the copy must still be the one skipped
         return Reply(200, html, page("图书馆自习室调整通知", NEWS_BODY).encode())
     if path == "/trap/near.htm":
         return Reply(200, html, page("图书馆自习室调整通知", NEWS_BODY + "<p>浏览：99</p>").encode())
