@@ -92,6 +92,8 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"  # auto: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU
     gradient_checkpointing: str = "auto"  # auto: on for LoRA/QLoRA on a GPU, off otherwise
+    checkpoint_layers: int = -1  # with checkpointing: recompute the first N decoder layers only (-1: all)
+    torch_compile: str = "auto"  # compile each decoder layer (auto: off; see docs/TRAINING.md)
     group_by_length: bool = True  # batches of similar lengths: less padding, same data per epoch
 
 
@@ -227,7 +229,8 @@ def resolve_switches(cfg: TrainConfig, cuda: bool, bf16_supported: bool) -> dict
     checkpointing = cfg.gradient_checkpointing == "on" or (
         cfg.gradient_checkpointing == "auto" and cuda and cfg.method in ("lora", "qlora")
     )
-    return {"precision": precision, "gradient_checkpointing": checkpointing}
+    compile_layers = cfg.torch_compile == "on"
+    return {"precision": precision, "gradient_checkpointing": checkpointing, "torch_compile": compile_layers}
 
 
 def check_fields(cfg: TrainConfig) -> list[str]:
@@ -273,6 +276,19 @@ def check_fields(cfg: TrainConfig) -> list[str]:
         cfg.gradient_checkpointing in SWITCHES,
         f"gradient_checkpointing {cfg.gradient_checkpointing!r} is not one of {', '.join(SWITCHES)}.",
     )
+    need(
+        cfg.checkpoint_layers >= -1,
+        "checkpoint_layers must be -1 (all layers) or the number of layers to checkpoint (0 or more).",
+    )
+    need(
+        cfg.torch_compile in SWITCHES,
+        f"torch_compile {cfg.torch_compile!r} is not one of {', '.join(SWITCHES)}.",
+    )
+    need(
+        cfg.torch_compile != "on" or cfg.method == "lora",
+        "torch_compile 'on' works with LoRA only (P-tuning's prefix cache and QLoRA's 4-bit layers do not "
+        "compile): set it to 'auto'.",
+    )
     if cfg.method in ("lora", "qlora"):
         need(cfg.lora.rank >= 1, "lora.rank must be at least 1 (typical: 8-64).")
         need(cfg.lora.alpha >= 1, "lora.alpha must be at least 1 (typical: 2 x rank).")
@@ -282,14 +298,6 @@ def check_fields(cfg: TrainConfig) -> list[str]:
         need(
             not cfg.ptuning.prefix_projection or cfg.ptuning.projection_hidden_size >= 1,
             "ptuning.projection_hidden_size must be at least 1.",
-        )
-        # The checkpointed re-forward rebuilds the attention mask without the prefix:
-        # "The expanded size of the tensor (641) must match the existing size (1153)".
-        need(
-            cfg.gradient_checkpointing != "on",
-            "gradient_checkpointing 'on' cannot be combined with ptuning (the recomputed layers lose the "
-            "prefix and training crashes with a shape mismatch): set it to 'auto' or 'off', and lower "
-            "batch_size or num_virtual_tokens if memory is short.",
         )
     return problems
 
@@ -406,10 +414,11 @@ def estimate_memory(
     vocab = c.get("vocab_size") or c.get("padded_vocab_size")
     tokens = cfg.batch_size * (cfg.max_input_length + cfg.max_output_length)
     per_token_layer = (14 * h + 3 * inter) * act_bytes
+    checkpointed = 0
     if switches["gradient_checkpointing"]:
-        activations = tokens * (layers * h * act_bytes + per_token_layer)
-    else:
-        activations = tokens * layers * per_token_layer
+        checkpointed = layers if cfg.checkpoint_layers < 0 else min(cfg.checkpoint_layers, layers)
+    kept = layers - checkpointed  # layers whose activations stay for backward
+    activations = tokens * (checkpointed * h * act_bytes + max(kept, 1) * per_token_layer)
     if cfg.method == "ptuning":
         dims = prefix_dimensions(model_config)
         activations += (

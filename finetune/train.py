@@ -46,6 +46,7 @@ from finetune.data import (
     load_split,
     read_chat_jsonl,
 )
+from finetune.layers import apply_layer_switches
 
 __all__ = [
     "IGNORE",
@@ -196,8 +197,14 @@ def stop_requested(stop_flag: dict) -> bool:
 # ---------------------------------------------------------------- model
 
 
-def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bool):
-    """The base model (4-bit for QLoRA) wrapped in the configured PEFT adapter, and its tokenizer."""
+def load_model_and_tokenizer(
+    cfg: TrainConfig, precision: str, checkpointing: bool, compile_layers: bool = False
+):
+    """The base model (4-bit for QLoRA) wrapped in the configured PEFT adapter, and its tokenizer.
+
+    Checkpointing and compilation are applied per decoder layer after PEFT has wrapped the model
+    (finetune/layers.py), so P-tuning's prefix survives checkpointing.
+    """
     import torch
     from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,12 +236,11 @@ def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bo
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.init_adapter:
-        return PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True), tokenizer
+        model = PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True)
+        apply_layer_switches(model, cfg.checkpoint_layers if checkpointing else 0, compile_layers)
+        return model, tokenizer
     if cfg.method == "ptuning":
         dims = prefix_dimensions(model_config)
         peft_config = PrefixTuningConfig(
@@ -254,7 +260,9 @@ def load_model_and_tokenizer(cfg: TrainConfig, precision: str, checkpointing: bo
             lora_dropout=cfg.lora.dropout,
             target_modules=target_modules(cfg, model_config),
         )
-    return get_peft_model(model, peft_config), tokenizer
+    model = get_peft_model(model, peft_config)
+    apply_layer_switches(model, cfg.checkpoint_layers if checkpointing else 0, compile_layers)
+    return model, tokenizer
 
 
 # ---------------------------------------------------------------- memory-efficient loss and batching
@@ -311,7 +319,8 @@ def causal_lm_loss(model, inputs: dict, num_items=None, select: bool = True):
     """
     labels = inputs["labels"]
     keep = label_positions(labels)
-    batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    # use_cache=False: no key/value copies for a cache nobody reads (P-tuning's prefix cache is still used)
+    batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
     # PEFT's prefix-tuning and LoRA forwards pass extra kwargs through to the base model's forward.
     outputs = model(**batch, logits_to_keep=keep) if select else model(**batch)
     if not select:
@@ -397,7 +406,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str
         raise ConfigError(" ".join(problems))
     set_seed(cfg.seed)
     model, tokenizer = load_model_and_tokenizer(
-        cfg, switches["precision"], switches["gradient_checkpointing"]
+        cfg, switches["precision"], switches["gradient_checkpointing"], switches["torch_compile"]
     )
     dataset_dir = resolve_path(cfg.dataset_dir)
     train_set = load_split(dataset_dir, "train", tokenizer, cfg)

@@ -213,6 +213,49 @@ def test_chunked_label_only_loss_equals_the_models_own_loss_and_gradients(
     print(f"{method}: loss {loss.item():.6f} vs {reference.item():.6f}, max grad diff {worst:.2e}")
 
 
+@pytest.mark.parametrize("method", ["lora", "ptuning"])
+@pytest.mark.parametrize("layers", [-1, 1])
+def test_layer_checkpointing_keeps_loss_and_gradients_and_the_ptuning_prefix(steerable_model, method, layers):
+    """Checkpointed layers are really recomputed, and the result equals no checkpointing (the prefix kept)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finetune.layers import apply_layer_switches, decoder_layers
+
+    cfg = TrainConfig(base_model=str(steerable_model), method=method)
+    cfg.lora.dropout = 0.0  # train mode (checkpointing is for training) without random dropout
+    model, _ = trainer.load_model_and_tokenizer(cfg, "fp32", checkpointing=False)
+    model.train()
+    tok = AutoTokenizer.from_pretrained(steerable_model)
+    batch = trainer.collate_batch(
+        [trainer.encode_conversation(m, tok, 128, 64) for m in MIXED], tok.pad_token_id
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.05 * torch.randn_like(p))
+    calls = [0, 0]
+    for i, layer in enumerate(decoder_layers(model)):
+        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    def loss_and_grads():
+        calls[:] = [0, 0]
+        loss, _ = trainer.causal_lm_loss(model, batch)
+        return loss, torch.autograd.grad(loss, trainable)
+
+    plain_loss, plain = loss_and_grads()
+    assert calls == [1, 1]
+    assert apply_layer_switches(model, layers, compile_layers=False) == (2 if layers < 0 else 1)
+    loss, got = loss_and_grads()
+    assert calls == ([2, 2] if layers < 0 else [2, 1])  # checkpointed layers ran again in backward
+    assert abs(loss.item() - plain_loss.item()) < 1e-6
+    worst = max((g - e).abs().max().item() for g, e in zip(got, plain, strict=True))
+    assert worst < 1e-6 * max(e.abs().max().item() for e in plain) + 1e-8, worst
+    if method == "ptuning":  # the prefix really is in the loss (transformers' own checkpointing drops it)
+        with model.disable_adapter():
+            assert abs(trainer.causal_lm_loss(model, batch)[0].item() - loss.item()) > 1e-3
+
+
 def test_length_grouped_batches_pad_less_and_repeat_exactly_on_resume(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer, TrainingArguments
 

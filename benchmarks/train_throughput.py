@@ -1,6 +1,6 @@
 """GPU training check and throughput: the seed recipe vs the project's trainer, same model, same call.
 
-    python benchmarks/gpu_train.py --out DIR [--layers 40] [--steps 8] [--only seed,lora,ptuning]
+    python benchmarks/train_throughput.py --out DIR [--layers 40] [--steps 8] [--only seed,lora,ptuning]
 
 Builds a GLM-4-9B-shaped model (GlmConfig: vocab 151552, hidden 4096, 40 layers, 32 heads, 2 KV heads)
 with random bf16 weights on the GPU (throughput and memory do not depend on weight values), saves it
@@ -137,6 +137,7 @@ def run_seed_recipe(model_dir: Path, steps: int) -> dict:
     result = {
         "recipe": "seed: LoRA r8 qkv, 1 x 1025, ckpt, empty_cache",
         "tokens_per_s": seq / step_s,
+        "seq": seq,
         "step_s": step_s,
         "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
         "peak_smi_gib": poll.peak_mib / 1024,
@@ -203,10 +204,25 @@ def run_project(
         n = logs[-1]["step"] - logs[1]["step"]
         per_step = cfg.batch_size * cfg.grad_accum * seq * nproc
         result.update(tokens_per_step=per_step, step_s=span / n, tokens_per_s=per_step * n / span)
+    result["seq"] = seq
+    result["prefix"] = cfg.ptuning.num_virtual_tokens if cfg.method == "ptuning" else 0
     result["peak_smi_gib"] = poll.peak_mib / 1024
     result["first_loss"] = logs[0]["loss"] if logs else None
     result["last_loss"] = logs[-1]["loss"] if logs else None
     return result
+
+
+PEAK_BF16 = 989e12  # H100 SXM dense bf16 FLOP/s (the issue's convention; H200 has the same compute)
+
+
+def mfu_fraction(tokens_per_s: float, params: float, layers: int, result: dict) -> float:
+    """Model FLOPs utilisation, issue 8's convention: 4 x parameters per token (forward, and a backward
+    that computes input gradients only: the base weights are frozen) plus causal attention,
+    3 x 4 x layers x keys x 4096 per token (keys: seq / 2 + the P-tuning prefix). Work recomputed under
+    checkpointing is not counted."""
+    keys = result.get("seq", 1025) / 2 + result.get("prefix", 0)  # keys a query sees on average
+    per_token = 4 * params + 3 * 4 * layers * keys * 4096
+    return tokens_per_s * per_token / PEAK_BF16
 
 
 def main() -> None:
@@ -224,6 +240,14 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     build_model(args.model_dir, args.layers)
+    from math import prod
+
+    from safetensors import safe_open
+
+    params = 0
+    for shard in args.model_dir.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as fh:
+            params += sum(prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     data_dir = args.out / "dataset"
     write_dataset(data_dir)
     wanted = args.only.split(",")
@@ -231,14 +255,34 @@ def main() -> None:
     if "seed" in wanted:
         results.append(run_seed_recipe(args.model_dir, args.steps))
         print(results[-1], flush=True)
+    lora = {
+        "method": "lora",
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_input_length": 512,
+        "max_output_length": 512,
+        "gradient_checkpointing": "on",
+    }
+    ptuning = {
+        "method": "ptuning",
+        "ptuning": {"num_virtual_tokens": 512},
+        "max_input_length": 128,
+        "max_output_length": 512,
+    }
     plans = {
-        # the gpu-24gb preset's shape: LoRA, checkpointing, 1024 tokens
-        "lora": {"method": "lora", "batch_size": 4, "grad_accum": 1, "max_input_length": 512,
-                 "max_output_length": 512, "gradient_checkpointing": "on"},
+        # the gpu-24gb preset's shape: LoRA (all linear layers), checkpointing, 4 x 1024 tokens
+        "lora": lora,
+        "lora-compile": {**lora, "torch_compile": "on"},
+        "lora-compile-d0": {**lora, "torch_compile": "on", "lora": {"dropout": 0.0}},
+        "lora-compile-ckpt36": {**lora, "torch_compile": "on", "checkpoint_layers": 36},
+        # no memory budget: no checkpointing (issue 8 goal 2, MFU)
+        "lora-nockpt": {**lora, "gradient_checkpointing": "off"},
+        "lora-nockpt-compile": {**lora, "gradient_checkpointing": "off", "torch_compile": "on"},
         # the seed's P-tuning defaults: 512 virtual tokens, 128 + 512 tokens, effective batch 4
-        "ptuning": {"method": "ptuning", "ptuning": {"num_virtual_tokens": 512}, "batch_size": 1,
-                    "grad_accum": 4, "max_input_length": 128, "max_output_length": 512,
-                    "gradient_checkpointing": "off"},
+        "ptuning": {**ptuning, "batch_size": 1, "grad_accum": 4, "gradient_checkpointing": "off"},
+        "ptuning-ckpt": {**ptuning, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": "on"},
+        "ptuning-ckpt32": {**ptuning, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": "on",
+                           "checkpoint_layers": 32},
     }  # fmt: skip
     plans["lora-ddp"] = plans["lora"]
     for name, overrides in plans.items():
@@ -249,11 +293,13 @@ def main() -> None:
             )
             results[-1]["gpus"] = nproc
             print(results[-1], flush=True)
-    (args.out / "gpu_train.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'recipe':55} {'tokens/s':>9} {'step s':>7} {'peak GiB (GPU 0)':>9}")
+    (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
+    print(f"\n{'recipe':40} {'tokens/s':>9} {'step s':>7} {'MFU %':>6} {'peak GiB (GPU 0)':>9}")
     for r in results:
+        mfu = 100 * mfu_fraction(r.get("tokens_per_s", 0) / r.get("gpus", 1), params, args.layers, r)
         print(
-            f"{r['recipe'][:55]:55} {r.get('tokens_per_s', 0):9.0f} {r.get('step_s', 0):7.3f} {r['peak_smi_gib']:9.1f}"
+            f"{r['recipe'][:40]:40} {r.get('tokens_per_s', 0):9.0f} {r.get('step_s', 0):7.3f} {mfu:6.1f}"
+            f" {r['peak_smi_gib']:9.1f}"
         )
 
 

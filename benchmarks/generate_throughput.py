@@ -4,10 +4,10 @@ Both sides use blocks.llm.generate_ids (left-padded batch; the baseline calls it
 time, as the seed did). Every sequence generates exactly --new-tokens tokens (min = max), so the
 token counts are equal and only the wall time differs.
 
-    .venv/bin/python benchmarks/local_generation.py                  # embedded SmolLM2 on CPU, batch 8
-    .venv/bin/python benchmarks/local_generation.py --threads 1      # steadier on a busy machine
-    python benchmarks/local_generation.py --glm4 --batch 32          # GPU: GLM-4-9B-shaped model, random weights
-    python benchmarks/local_generation.py --glm4 --check-unload      # also: memory_allocated before/after unload
+    .venv/bin/python benchmarks/generate_throughput.py                  # embedded SmolLM2 on CPU, batch 8
+    .venv/bin/python benchmarks/generate_throughput.py --threads 1      # steadier on a busy machine
+    python benchmarks/generate_throughput.py --glm4 --batch 32          # GPU: GLM-4-9B-shaped model, random weights
+    python benchmarks/generate_throughput.py --glm4 --check-unload      # also: memory_allocated before/after unload
 Writes benchmarks/_out/local_generation[_glm4].json.
 """
 
@@ -205,7 +205,7 @@ def main() -> int:
         ROOT
         / "benchmarks"
         / "_out"
-        / ("local_generation_glm4.json" if args.glm4 else "local_generation.json")
+        / ("generate_throughput_glm4.json" if args.glm4 else "generate_throughput.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
