@@ -120,10 +120,10 @@ def test_missing_config_file_says_how_to_make_one(tmp_path):
             },
             "projection_hidden_size must be at least 1",
         ),
-        (
-            {"method": "ptuning", "gradient_checkpointing": "on"},
-            "cannot be combined with ptuning (the recomputed layers lose the prefix",
-        ),
+        ({"checkpoint_layers": -2}, "checkpoint_layers must be -1 (all layers)"),
+        ({"torch_compile": "yes"}, "torch_compile 'yes' is not one of"),
+        ({"method": "ptuning", "torch_compile": "on"}, "torch_compile 'on' works with LoRA only"),
+        ({"method": "qlora", "torch_compile": "on"}, "torch_compile 'on' works with LoRA only"),
     ],
 )
 def test_each_field_rule_explains_what_to_change(changes, message):
@@ -136,13 +136,17 @@ def test_a_valid_config_has_no_problems_and_auto_switches_resolve_per_machine():
     assert C.resolve_switches(valid(), cuda=False, bf16_supported=False) == {
         "precision": "fp32",
         "gradient_checkpointing": False,
+        "torch_compile": False,
     }
     assert C.resolve_switches(valid(), cuda=True, bf16_supported=True) == {
         "precision": "bf16",
         "gradient_checkpointing": True,
+        "torch_compile": False,
     }
     assert C.resolve_switches(valid(), cuda=True, bf16_supported=False)["precision"] == "fp16"
-    # P-tuning never gets checkpointing from "auto" (it would crash).
+    # "auto" leaves P-tuning without checkpointing (its speed with it is not measured yet); "on" is allowed
+    assert C.check_fields(valid(method="ptuning", gradient_checkpointing="on")) == []
+    assert C.resolve_switches(valid(torch_compile="on"), cuda=True, bf16_supported=True)["torch_compile"]
     assert not C.resolve_switches(valid(method="ptuning"), cuda=True, bf16_supported=True)[
         "gradient_checkpointing"
     ]
@@ -353,6 +357,17 @@ def test_the_trainers_label_only_chunked_loss_shrinks_the_logits_term():
     assert C.estimate_memory(
         valid(batch_size=4, max_input_length=2048, precision="bf16"), GLM4_9B
     ).logits == (ours.logits)
+
+
+def test_checkpointing_fewer_layers_costs_memory_in_between():
+    """checkpoint_layers N: N layers keep only their input, the others all their activations."""
+    base = {"batch_size": 4, "max_input_length": 512, "max_output_length": 512, "precision": "bf16"}
+    every = C.estimate_memory(valid(gradient_checkpointing="on", **base), GLM4_9B)
+    most = C.estimate_memory(valid(gradient_checkpointing="on", checkpoint_layers=36, **base), GLM4_9B)
+    none = C.estimate_memory(valid(gradient_checkpointing="off", **base), GLM4_9B)
+    assert every.activations < most.activations < none.activations
+    # checkpoint_layers means nothing while checkpointing is off
+    assert C.estimate_memory(valid(gradient_checkpointing="off", checkpoint_layers=36, **base), GLM4_9B) == none
 
 
 def test_estimate_grows_with_batch_and_warns_above_the_card():
