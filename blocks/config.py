@@ -389,6 +389,9 @@ def count_trainable(cfg: TrainConfig, model_config: dict) -> int:
 
 
 LOSS_CHUNK = 512  # rows of the trainer's fp32 cross-entropy at a time (~0.3 GiB per fp32 copy at GLM-4 size)
+# Architectures whose logits are exactly lm_head(final hidden states), no soft-capping or scaling after it:
+# the trainer's loss applies the head itself, chunk by chunk (finetune/train.py plain_output_head).
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "glm", "glm4"})
 
 
 def estimate_memory(
@@ -398,9 +401,10 @@ def estimate_memory(
 
     Activations: ~(14 h + 3 i) values per token per layer kept for backward, or one layer's worth
     plus each layer's input with gradient checkpointing. Logits: the trainer's loss computes them
-    only at answer positions (taken as max_output_length per row), in the model's dtype (kept,
-    their gradient, and the gradient's concatenation), plus one fp32 chunk three times (upcast,
-    log-softmax, gradient). `full_logits` is the stock HF loss instead (fp32 logits for every token,
+    only at answer positions (taken as max_output_length per row) and one chunk at a time (bf16 and
+    fp32 copies of that chunk) where it applies the output layer itself (PLAIN_HEAD_TYPES); for other
+    architectures the model returns all answer logits (kept, their gradient, and the gradient's
+    concatenation) before the fp32 chunks. `full_logits` is the stock HF loss instead (fp32 logits for every token,
     with their gradient), which the measured seed recipes used.
     """
     gib = 1024**3
@@ -428,7 +432,11 @@ def estimate_memory(
         logits = tokens * vocab * 4 * 2
     else:
         answer_tokens = cfg.batch_size * cfg.max_output_length
-        logits = answer_tokens * vocab * act_bytes * 3 + min(LOSS_CHUNK, answer_tokens) * vocab * 4 * 3
+        rows = min(LOSS_CHUNK, answer_tokens)
+        if c.get("model_type", model_config.get("model_type")) in PLAIN_HEAD_TYPES:
+            logits = rows * vocab * (act_bytes * 2 + 4 * 3)  # one chunk's logits at a time, no full copy
+        else:
+            logits = answer_tokens * vocab * act_bytes * 3 + rows * vocab * 4 * 3
     return MemoryEstimate(
         weights=round(n_params * weight_bytes / gib, 2),
         trainable=round(count_trainable(cfg, model_config) * 16 / gib, 2),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from blocks.config import (
     LOSS_CHUNK,
+    PLAIN_HEAD_TYPES,
     ConfigError,
     TrainConfig,
     check_environment,
@@ -274,17 +275,21 @@ def label_positions(labels):
     return keep if keep.numel() else labels.new_zeros(1)  # nothing trained: one position, loss 0
 
 
-def chunked_cross_entropy(logits, targets, chunk: int | None = None):
+def chunked_cross_entropy(logits, targets, chunk: int | None = None, head=None):
     """Summed token cross-entropy in fp32, `chunk` rows at a time.
 
     Each chunk is checkpointed: its fp32 log-softmax is recomputed in backward instead of stored, so
-    no fp32 copy of the whole [tokens, vocab] logits ever exists (GLM-4: 151,552 columns).
+    no fp32 copy of the whole [tokens, vocab] logits ever exists (GLM-4: 151,552 columns). With
+    `head` (the output Linear layer), `logits` are the final hidden states instead and each chunk's
+    logits are computed, and recomputed in backward, inside its chunk: no [tokens, vocab] tensor at all.
     """
     import torch
-    from torch.nn.functional import cross_entropy
+    from torch.nn.functional import cross_entropy, linear
     from torch.utils.checkpoint import checkpoint
 
     def chunk_sum(x, y):
+        if head is not None:
+            x = linear(x, head.weight, head.bias)
         return cross_entropy(x.float(), y, ignore_index=IGNORE, reduction="sum")
 
     chunk = chunk or LOSS_CHUNK
@@ -302,6 +307,23 @@ def chunked_cross_entropy(logits, targets, chunk: int | None = None):
     return total
 
 
+def plain_output_head(model):
+    """The base model's output Linear when the loss may apply it itself (chunk by chunk), else None."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "lm_head", None)
+    config = base.config
+    if (
+        type(head) is torch.nn.Linear  # a LoRA-wrapped or quantised head is left to the model
+        and config.model_type in PLAIN_HEAD_TYPES
+        and not getattr(config, "final_logit_softcapping", None)
+        and getattr(config, "logit_scale", None) in (None, 1.0)
+    ):
+        return base, head
+    return None
+
+
 def accepts_logits_to_keep(model) -> bool:
     """True when the (PEFT-wrapped) model's forward can compute logits at chosen positions only."""
     import inspect
@@ -317,16 +339,32 @@ def causal_lm_loss(model, inputs: dict, num_items=None, select: bool = True):
     batch; without it the loss is this batch's mean, like `model(..., labels=...)`. `select=False`
     is for models without `logits_to_keep` (remote code): all logits, sliced afterwards.
     """
+    import torch
+
     labels = inputs["labels"]
     keep = label_positions(labels)
     # use_cache=False: no key/value copies for a cache nobody reads (P-tuning's prefix cache is still used)
     batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "use_cache": False}
     # PEFT's prefix-tuning and LoRA forwards pass extra kwargs through to the base model's forward.
-    outputs = model(**batch, logits_to_keep=keep) if select else model(**batch)
+    plain = plain_output_head(model) if select else None
+    head = None
+    if plain is not None:
+        # The model's lm_head is swapped for an identity during the forward, so its "logits" are the
+        # final hidden states at the kept positions; the loss applies the head chunk by chunk.
+        base, head = plain
+        base.lm_head = torch.nn.Identity()
+        try:
+            outputs = model(**batch, logits_to_keep=keep)
+        finally:
+            base.lm_head = head
+    else:
+        outputs = model(**batch, logits_to_keep=keep) if select else model(**batch)
     if not select:
         outputs.logits = outputs.logits[:, keep]
     targets = labels[:, 1:][:, keep]
-    total = chunked_cross_entropy(outputs.logits, targets)
+    total = chunked_cross_entropy(outputs.logits, targets, head=head)
+    if head is not None:
+        outputs.logits = None  # they were hidden states; the logits only ever existed chunk by chunk
     denominator = num_items if num_items is not None else (targets != IGNORE).sum().clamp(min=1)
     return total / denominator, outputs
 
