@@ -7,9 +7,15 @@ language switch to swap them. No keys, no registry of components to maintain.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
+
+from blocks.clean import PromptError, StageInputError, StopFlag, StorageError, load_prompt
+from blocks.llm import ClientSettings, LLMError, SettingsError, unload_local_models
+from blocks.workspace import WorkspaceError, confine_path, get_project
 
 LANGS = {"en": "English", "zh": "中文"}
 _TEXT_ATTRS = ("label", "info", "placeholder", "value")
@@ -75,3 +81,152 @@ class UIContext:
     default_model: str
     model_roots: list[str] = field(default_factory=list)
     exposed: bool = False  # bound to a non-loopback address
+
+
+# ---------------------------------------------------------------- shared by the LLM-stage tabs
+# (API clean, local clean, QA generation): backend fields, prompt editor, run driver, stop button
+
+
+STAGE_ERRORS = (
+    StageInputError,
+    PromptError,
+    SettingsError,
+    WorkspaceError,
+    LLMError,
+    StorageError,
+    ValueError,
+)
+
+
+def has_gpu() -> bool:
+    """Whether an NVIDIA GPU is present, without importing torch (the page must load fast)."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def stop_flag(project_name: str, stage: str) -> StopFlag:
+    """The project's stop file for `stage` (clean or qa)."""
+    project = get_project(project_name)
+    return StopFlag((project.clean_dir if stage == "clean" else project.qa_dir) / "STOP")
+
+
+def build_settings(backend, api_key, base_url, model, model_path, batch_size) -> ClientSettings:
+    """Client settings from the form; a typed model folder must lie inside the workspace."""
+    path = ""
+    if backend == "local":
+        path = str(confine_path(model_path)) if model_path else ""
+    return ClientSettings(
+        backend=backend,
+        model=(model or "").strip(),
+        base_url=(base_url or "").strip(),
+        api_key=(api_key or "").strip(),
+        model_path=path,
+        batch_size=int(batch_size or 8),
+    )
+
+
+def drive_run(gen, lang: str, progress: gr.Progress):
+    """Show a stage generator's progress (bar with counts + ETA) and end with its truthful summary."""
+    last = 0.0
+    report = None
+    for report in gen:
+        eta = report.eta_s()
+        eta_text = f", ETA {eta:.0f} s" if eta is not None else ""
+        progress(
+            (report.processed, max(report.total, 1)), desc=f"{report.processed}/{report.total}{eta_text}"
+        )
+        if time.monotonic() - last > 0.5:
+            last = time.monotonic()
+            yield report.summary(lang) + eta_text
+    if report is not None:
+        text = report.summary(lang)
+        if report.failures:
+            lines = [f"- `{pid}`: {msg[:200]}" for pid, msg in list(report.failures.items())[:20]]
+            text += "\n\n" + "\n".join(lines)
+        yield text
+
+
+def prompt_editor(
+    ctx: UIContext, names: list[tuple[str, str, str]]
+) -> tuple[gr.Radio, dict[str, gr.Textbox]]:
+    """Editable prompt boxes (defaults from configs/prompts/) and a language picker that reloads them."""
+    boxes = {}
+    with gr.Accordion(ctx.L("Prompts (editable)", "提示词（可编辑）"), open=False):
+        lang = gr.Radio(
+            ["zh", "en"],
+            value="zh",
+            label=ctx.L("Prompt language (reloads the defaults)", "提示词语言（切换会恢复默认）"),
+        )
+        for name, en, zh in names:
+            boxes[name] = gr.Textbox(
+                value=load_prompt(name, "zh"), label=ctx.L(en, zh), lines=8, max_lines=20
+            )
+    lang.change(
+        lambda lg: [load_prompt(n, lg) for n, _, _ in names], inputs=lang, outputs=list(boxes.values())
+    )
+    return lang, boxes
+
+
+def backend_fields(ctx: UIContext, choices: list[str], value: str) -> dict:
+    """Backend picker plus the fields each backend needs; only the chosen backend's fields are shown."""
+    backend = gr.Radio(choices, value=value, label=ctx.L("Backend", "后端"))
+    with gr.Group(visible=value != "local") as api_group:
+        with gr.Row():
+            api_key = gr.Textbox(
+                type="password",
+                label=ctx.L("API key (kept in memory only)", "API 密钥（仅保存在内存中）"),
+                placeholder=ctx.L("empty = ZHIPUAI_API_KEY / OPENAI_API_KEY", "留空则读取环境变量"),
+            )
+            base_url = gr.Textbox(
+                label=ctx.L("Base URL", "接口地址"),
+                placeholder=ctx.L(
+                    "Zhipu: empty = official; OpenAI-compatible: http://host:8000/v1",
+                    "智谱：留空为官方地址；OpenAI 兼容：http://host:8000/v1",
+                ),
+            )
+            model = gr.Textbox(label=ctx.L("Model", "模型"), placeholder="glm-4-flash")
+            concurrency = gr.Slider(1, 16, value=4, step=1, label=ctx.L("Parallel requests", "并发请求数"))
+    with gr.Group(visible=value == "local") as local_group:
+        with gr.Row():
+            model_path = gr.Textbox(
+                value=ctx.default_model, label=ctx.L("Local model folder", "本地模型目录")
+            )
+            batch_size = gr.Slider(1, 64, value=8, step=1, label=ctx.L("Batch size", "批大小"))
+            release = gr.Checkbox(
+                value=has_gpu(),
+                label=ctx.L(
+                    "Release the model after the run (frees the GPU)", "运行结束后释放模型（腾出显卡）"
+                ),
+            )
+        unload = gr.Button(ctx.L("Unload model now", "立即卸载模型"), size="sm")
+    backend.change(
+        lambda b: (gr.update(visible=b != "local"), gr.update(visible=b == "local")),
+        inputs=backend,
+        outputs=[api_group, local_group],
+    )
+    fields = dict(
+        backend=backend,
+        api_key=api_key,
+        base_url=base_url,
+        model=model,
+        concurrency=concurrency,
+        model_path=model_path,
+        batch_size=batch_size,
+        release=release,
+    )
+
+    def on_unload(lang: str) -> str:
+        count = unload_local_models()
+        return ctx.L.pick(lang, f"Unloaded {count} model(s).", f"已卸载 {count} 个模型。")
+
+    fields["unload"] = unload
+    fields["on_unload"] = on_unload
+    return fields
+
+
+def on_stop(ctx: UIContext, project: str, lang: str, stage: str) -> str:
+    """Ask the running stage to stop after the requests in flight."""
+    try:
+        stop_flag(project, stage).set()
+    except WorkspaceError as exc:
+        raise gr.Error(str(exc)) from exc
+    return ctx.L.pick(lang, "Stopping after the requests in flight…", "正在停止，等待进行中的请求完成…")

@@ -7,8 +7,16 @@ import gradio as gr
 from blocks.clean import CleanSettings, clean_pages
 from blocks.llm import make_client
 from blocks.workspace import get_project
-from ui_common import UIContext
-from ui_qa import STAGE_ERRORS, backend_fields, build_settings, drive_run, on_stop, prompt_editor, stop_flag
+from ui_common import (
+    STAGE_ERRORS,
+    UIContext,
+    backend_fields,
+    build_settings,
+    drive_run,
+    on_stop,
+    prompt_editor,
+    stop_flag,
+)
 
 
 def build_tab(ctx: UIContext) -> None:

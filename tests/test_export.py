@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_chat import QUESTION, train_tiny_adapter
+from tiny import QUESTION, train_tiny_adapter
 
 from blocks import export
 from blocks.chat import GenParams, build_messages, generate_reply, load_model

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from test_chat import QUESTION, train_tiny_adapter
+from tiny import QUESTION, train_tiny_adapter
 
 from blocks import serve
 from blocks.chat import GenParams, build_messages, generate_reply, load_model, unload_model

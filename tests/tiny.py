@@ -5,6 +5,7 @@ They load, train and generate like any Hugging Face model, in well under a secon
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -86,3 +87,51 @@ def build_tiny_model(folder: Path, seed: int = 0, initializer_range: float = 0.0
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# One QA pair the chat, serve and export tests train a tiny adapter on.
+QUESTION = "When does the library open?"
+ANSWER = "It opens at 8:00 every day."
+
+
+def train_tiny_adapter(
+    base: Path, out: Path, method: str = "lora", steps: int = 30, run_id: str = "run-1"
+) -> Path:
+    """Train a LoRA or prefix-tuning adapter on one QA pair and save it like the trainer does."""
+    import torch
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from blocks.models import model_fingerprint
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    if method == "ptuning":
+        config = PrefixTuningConfig(num_virtual_tokens=8, task_type="CAUSAL_LM")
+    else:
+        config = LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(prompt + ANSWER + "<|im_end|>\n", return_tensors="pt").input_ids
+    labels = ids.clone()
+    labels[:, : len(tokenizer(prompt).input_ids)] = -100
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {
+        "method": method,
+        "base_model": str(base),
+        "base_fingerprint": model_fingerprint(base),
+        "run_id": run_id,
+        "created_at": "2026-11-28T00:00:00Z",
+    }
+    (out / "umtcds_adapter.json").write_text(json.dumps(info), encoding="utf-8")
+    return out
