@@ -360,7 +360,8 @@ def test_the_trainers_label_only_chunked_loss_shrinks_the_logits_term():
     assert other.logits > 2 * ours.logits
     assert (
         C.estimate_memory(
-            valid(batch_size=8, max_output_length=1024, precision="bf16"), {**GLM4_9B, "model_type": "chatglm"}
+            valid(batch_size=8, max_output_length=1024, precision="bf16"),
+            {**GLM4_9B, "model_type": "chatglm"},
         ).logits
         > other.logits
     )  # grows with the answer tokens
