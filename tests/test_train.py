@@ -345,6 +345,36 @@ def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_mo
     assert AutoTokenizer.from_pretrained(adapter).chat_template  # chat renders like training did
 
 
+@pytest.mark.slow
+def test_compiled_checkpointed_layers_train_like_eager_ones(tmp_path, tiny_model_dir):
+    """torch_compile: on (regional, with checkpointing on a subset of layers) gives eager's losses."""
+    from torch._dynamo.utils import counters
+
+    from blocks.config import LoraParams
+
+    losses = {}
+    for compiled in (False, True):
+        folder = tmp_path / ("compiled" if compiled else "eager")
+        config = make_config(
+            folder,
+            tiny_model_dir,
+            max_steps=4,
+            logging_steps=1,
+            eval_steps=100,
+            save_steps=100,
+            lora=LoraParams(dropout=0.0),  # no random masks: both runs must compute the same thing
+            gradient_checkpointing="on",
+            checkpoint_layers=1,
+            torch_compile="on" if compiled else "off",
+        )
+        counters["stats"].clear()
+        assert trainer.main([str(config), "--run-dir", str(folder / "run")]) == 0
+        losses[compiled] = [e["loss"] for e in read_events(folder / "run") if e["event"] == "log"]
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # dynamo really compiled the layers
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
+
+
 def test_ptuning_generation_uses_the_learned_prefix(tmp_path, steerable_model):
     """Fails if generate() ignores the prefix (transformers 5.x + peft 0.21: answers stay the base's)."""
     from peft import PeftModel
