@@ -372,11 +372,25 @@ def check_address(url: str, options: CrawlOptions) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
         if not is_public_address(address):
-            raise FetchFailed(
-                "private address",
-                f"{host} resolves to {address}, a private/loopback/link-local address; the app is exposed, "
-                "so only public sites (and the built-in demo site) may be crawled",
-            )
+            raise private_address(host, "resolves to", address)
+
+
+def check_peer(sock: socket.socket, host: str) -> None:
+    """Refuse a connected socket whose peer is not public (the address the request would really go to)."""
+    address = ipaddress.ip_address(sock.getpeername()[0].split("%")[0])
+    if not is_public_address(address):
+        raise private_address(host, "connected to", address)
+
+
+def private_address(
+    host: str, how: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> FetchFailed:
+    """The refusal of a private target, said the same way by check_address and check_peer."""
+    return FetchFailed(
+        "private address",
+        f"{host} {how} {address}, a private/loopback/link-local address; the app is exposed, "
+        "so only public sites (and the built-in demo site) may be crawled",
+    )
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -386,6 +400,58 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
         if wrapped is not None and not is_public_address(wrapped):
             return False
     return address.is_global and not address.is_multicast
+
+
+def new_session(options: CrawlOptions):
+    """A requests.Session for one worker; when the app is exposed, its connections check their peer.
+
+    check_address resolves a name, then the connection resolves it again: a DNS server answering a public
+    address to the check and 127.0.0.1 to the connection (DNS rebinding) would slip a request through. So
+    each new connection also checks the address its socket reached, before a byte is sent on it.
+    """
+    import requests
+
+    session = requests.Session()
+    session.max_redirects = options.max_redirects
+    if not options.allow_private:
+        adapter = _peer_checked_adapter(options.allowed_origins)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return session
+
+
+def _peer_checked_adapter(allowed_origins: tuple[str, ...]):
+    """A requests adapter whose urllib3 connections run check_peer (except to the allowed origins).
+
+    Proxied requests do not pass here (requests gives them a separate proxy manager): the proxy resolves.
+    """
+    import requests
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class PeerCheck:
+        def _new_conn(self):  # urllib3 opens the TCP socket here (for HTTPS too, before TLS)
+            sock = super()._new_conn()
+            if f"{self.host}:{self.port}" not in allowed_origins:  # the same rule as check_address
+                try:
+                    check_peer(sock, self.host)
+                except FetchFailed:  # not an OSError: urllib3 and requests pass it on unwrapped
+                    sock.close()
+                    raise
+            return sock
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = type("PeerCheckedHTTPConnection", (PeerCheck, HTTPConnection), {})
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = type("PeerCheckedHTTPSConnection", (PeerCheck, HTTPSConnection), {})
+
+    class PeerCheckedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    return PeerCheckedAdapter()
 
 
 class HostGate:
@@ -795,7 +861,7 @@ class CrawlRun:
         self.gate = HostGate(self.stop_event)
         self.local = threading.local()
         self.sessions: list = []
-        self.robots: dict[str, RobotFileParser | None] = {}
+        self.robots: dict[str, RobotFileParser | str] = {}  # origin -> rules, or why they were not fetched
         self.robots_lock = threading.Lock()  # workers meet new hosts through redirects
         self.current: dict[str, dict] = {}  # url -> state record of this run
         self.previous: dict[str, dict] = {}  # url -> latest record of earlier runs
@@ -814,11 +880,8 @@ class CrawlRun:
 
     def session(self):
         """A requests.Session per worker thread (cookies and pools are not shared across threads)."""
-        import requests
-
         if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
-            self.local.session.max_redirects = self.options.max_redirects
+            self.local.session = new_session(self.options)
             self.sessions.append(self.local.session)
         return self.local.session
 
@@ -877,14 +940,14 @@ class CrawlRun:
         except OSError as exc:
             raise disk_error(self.out, exc) from exc
 
-    def robots_for(self, url: str) -> RobotFileParser | None:
-        """robots.txt rules of the URL's origin, fetched once (None = host unreachable)."""
+    def robots_for(self, url: str) -> RobotFileParser | str:
+        """robots.txt rules of the URL's origin, fetched once (or a str: why its links are skipped)."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         with self.robots_lock:
             return self._robots_locked(origin, parts.netloc)
 
-    def _robots_locked(self, origin: str, netloc: str) -> RobotFileParser | None:
+    def _robots_locked(self, origin: str, netloc: str) -> RobotFileParser | str:
         if origin not in self.robots:
             try:
                 check_address(origin, self.options)
@@ -895,9 +958,9 @@ class CrawlRun:
                     raise CrawlError(
                         f"Cannot reach {origin}: {exc.args[1]}. Check the address and your network."
                     ) from exc
-                rules = None
+                rules = exc.args[0]  # its links are skipped with this reason
             self.robots[origin] = rules
-            if rules is not None:
+            if isinstance(rules, RobotFileParser):
                 delay = max(self.options.delay, float(rules.crawl_delay(self.options.user_agent) or 0))
                 self.gate.set_delay(netloc, delay)
         return self.robots[origin]
@@ -909,8 +972,8 @@ class CrawlRun:
         if is_login_url(url):
             return "login wall"
         rules = self.robots_for(url)
-        if rules is None:
-            return "unreachable"
+        if isinstance(rules, str):
+            return rules
         if not rules.can_fetch(self.options.user_agent, url):
             return "robots.txt"
         return None
