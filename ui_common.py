@@ -109,7 +109,9 @@ def stop_flag(project_name: str, stage: str) -> StopFlag:
     return StopFlag((project.clean_dir if stage == "clean" else project.qa_dir) / "STOP")
 
 
-def build_settings(backend, api_key, base_url, model, model_path, batch_size) -> ClientSettings:
+def build_settings(
+    backend, api_key, base_url, model, model_path, batch_size, static_cache=False
+) -> ClientSettings:
     """Client settings from the form; a typed model folder must lie inside the workspace."""
     path = ""
     if backend == "local":
@@ -121,6 +123,7 @@ def build_settings(backend, api_key, base_url, model, model_path, batch_size) ->
         api_key=(api_key or "").strip(),
         model_path=path,
         batch_size=int(batch_size or 8),
+        static_cache=bool(static_cache),
     )
 
 
@@ -197,6 +200,14 @@ def backend_fields(ctx: UIContext, choices: list[str], value: str) -> dict:
                     "Release the model after the run (frees the GPU)", "运行结束后释放模型（腾出显卡）"
                 ),
             )
+        static_cache = gr.Checkbox(
+            value=False,
+            visible=has_gpu(),
+            label=ctx.L(
+                "Static KV cache (GPU): compiled, much faster for long runs; the first batch compiles",
+                "静态 KV 缓存（GPU）：编译后长任务快很多；首批需要编译",
+            ),
+        )
         unload = gr.Button(ctx.L("Unload model now", "立即卸载模型"), size="sm")
     backend.change(
         lambda b: (gr.update(visible=b != "local"), gr.update(visible=b == "local")),
@@ -212,6 +223,7 @@ def backend_fields(ctx: UIContext, choices: list[str], value: str) -> dict:
         model_path=model_path,
         batch_size=batch_size,
         release=release,
+        static_cache=static_cache,
     )
 
     def on_unload(lang: str) -> str:

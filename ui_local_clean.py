@@ -48,9 +48,9 @@ def build_tab(ctx: UIContext) -> None:
         stop = gr.Button(ctx.L("Stop", "停止"), variant="stop")
     status = gr.Markdown()
 
-    def on_start(project, lang, path, bs, release, chunk, new, over, prompt, progress=gr.Progress()):
+    def on_start(project, lang, path, bs, release, chunk, new, over, prompt, static, progress=gr.Progress()):
         try:
-            client = make_client(build_settings("local", "", "", "", path, bs))
+            client = make_client(build_settings("local", "", "", "", path, bs, static))
             flag = stop_flag(project, "clean")
             flag.clear()
             settings = CleanSettings(
@@ -77,6 +77,6 @@ def build_tab(ctx: UIContext) -> None:
         max_new,
         overwrite,
     ]
-    start.click(on_start, inputs=[*inputs, prompts["clean"]], outputs=status)
+    start.click(on_start, inputs=[*inputs, prompts["clean"], f["static_cache"]], outputs=status)
     stop.click(lambda p, lang: on_stop(ctx, p, lang, "clean"), inputs=[ctx.project, ctx.lang], outputs=status)
     f["unload"].click(f["on_unload"], inputs=ctx.lang, outputs=status)

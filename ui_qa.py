@@ -71,7 +71,7 @@ def build_tab(ctx: UIContext) -> None:
     def on_start(
         project, lang, backend, key, url, model, conc, path, bs, release, *rest, progress=gr.Progress()
     ):
-        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para = rest
+        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para, static = rest
         try:
             settings = QASettings(
                 prompt=p_qa,
@@ -88,7 +88,7 @@ def build_tab(ctx: UIContext) -> None:
                 overwrite=bool(over),
                 release_model=bool(release),
             )
-            client = make_client(build_settings(backend, key, url, model, path, bs))
+            client = make_client(build_settings(backend, key, url, model, path, bs, static))
             flag = stop_flag(project, "qa")
             flag.clear()
             proj = get_project(project)
@@ -105,6 +105,7 @@ def build_tab(ctx: UIContext) -> None:
     ]
     inputs += [f["model_path"], f["batch_size"], f["release"], source, chunk_tokens, overlap, max_q, variants]
     inputs += [judge, threshold, overwrite, prompts["qa"], prompts["judge"], prompts["paraphrase"]]
+    inputs += [f["static_cache"]]
     start.click(on_start, inputs=inputs, outputs=[status, preview])
     stop.click(lambda p, lang: on_stop(ctx, p, lang, "qa"), inputs=[ctx.project, ctx.lang], outputs=status)
     f["unload"].click(f["on_unload"], inputs=ctx.lang, outputs=status)

@@ -564,6 +564,11 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
         "--model-path", default="", help="local backend: HF folder (default: embedded SmolLM2)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="local backend batch size")
+    parser.add_argument(
+        "--static-cache",
+        action="store_true",
+        help="local backend on a GPU: compiled static KV cache (faster for long runs; compiles first)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="parallel API requests")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per API request")
     parser.add_argument("--prompt-lang", choices=["zh", "en"], default="zh")
@@ -581,6 +586,7 @@ def client_from_args(args: argparse.Namespace) -> ChatClient:
             model_path=args.model_path,
             timeout=args.timeout,
             batch_size=args.batch_size,
+            static_cache=args.static_cache,
         )
     )
 

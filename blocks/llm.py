@@ -122,6 +122,7 @@ class ClientSettings:
     timeout: float = 120.0  # seconds per HTTP request
     batch_size: int = 8  # local backend
     context_tokens: int = 0  # 0 = backend default / model config
+    static_cache: bool = False  # local backend on a GPU: compiled static KV cache (see generate_ids)
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,9 @@ def loaded_local_models() -> list[str]:
     return list(_LOCAL_MODELS)
 
 
+STATIC_WIDTH_STEP = 64  # static cache: prompt widths are padded to a multiple of this (fewer shapes)
+
+
 def generate_ids(
     model,
     prompts: list[list[int]],
@@ -441,11 +445,26 @@ def generate_ids(
     max_new_tokens: int,
     temperature: float = 0.0,
     min_new_tokens=0,
+    static_rows: int = 0,
+    max_width: int = 0,
 ) -> list[list[int]]:
-    """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each."""
+    """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each.
+
+    `static_rows` > 0 uses a static KV cache, which transformers compiles on CUDA (the decoding step
+    then runs as CUDA graphs, several times faster for big batches). Every new shape compiles again,
+    so the batch is filled up to `static_rows` rows (copies of the first prompt, dropped afterwards)
+    and the width padded to a multiple of STATIC_WIDTH_STEP (at most `max_width`).
+    """
     import torch
 
+    count = len(prompts)
     width = max(len(p) for p in prompts)
+    extra: dict = {}
+    if static_rows:
+        prompts = prompts + [prompts[0]] * max(0, static_rows - count)
+        bucket = -(-width // STATIC_WIDTH_STEP) * STATIC_WIDTH_STEP
+        width = max(width, min(bucket, max_width or bucket))
+        extra["cache_implementation"] = "static"
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
@@ -465,8 +484,9 @@ def generate_ids(
             min_new_tokens=min_new_tokens,
             pad_token_id=pad_id,
             **sampling,
+            **extra,
         )
-    return [row[width:].tolist() for row in out.cpu()]
+    return [row[width:].tolist() for row in out.cpu()[:count]]
 
 
 class LocalClient:
@@ -474,7 +494,9 @@ class LocalClient:
 
     backend = "local"
 
-    def __init__(self, model_path: str, batch_size: int = 8, context_tokens: int = 0) -> None:
+    def __init__(
+        self, model_path: str, batch_size: int = 8, context_tokens: int = 0, static_cache: bool = False
+    ) -> None:
         if not model_path:
             raise SettingsError("Local backend: enter a model folder (default: the embedded SmolLM2)")
         check_model_folder(Path(model_path), model_path)  # cheap: refuse a bad folder before any work
@@ -482,6 +504,7 @@ class LocalClient:
         self.model = os.path.basename(os.path.normpath(model_path))
         self.batch_size = max(1, batch_size)
         self._context = context_tokens
+        self.static_cache = static_cache  # used on CUDA only (the compile pays off there)
 
     @property
     def context_tokens(self) -> int:
@@ -520,7 +543,16 @@ class LocalClient:
             import torch
 
             try:
-                outs = generate_ids(model, prompts, tokenizer.pad_token_id, max_tokens, temperature)
+                static = self.static_cache and next(model.parameters()).is_cuda
+                outs = generate_ids(
+                    model,
+                    prompts,
+                    tokenizer.pad_token_id,
+                    max_tokens,
+                    temperature,
+                    static_rows=self.batch_size if static else 0,
+                    max_width=limit - max_tokens,
+                )
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
                 raise OutOfMemoryError(
@@ -548,7 +580,7 @@ def make_client(settings: ClientSettings) -> ChatClient:
         from blocks.models import default_model_path
 
         path = settings.model_path or default_model_path()
-        return LocalClient(path, settings.batch_size, settings.context_tokens)
+        return LocalClient(path, settings.batch_size, settings.context_tokens, settings.static_cache)
     raise SettingsError(f"unknown backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
 
 

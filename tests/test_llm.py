@@ -201,6 +201,20 @@ def test_batched_generation_equals_one_at_a_time(tiny_client):
     assert [via_runner[i] for i in range(4)] == alone  # length-sorted batches come back in order
 
 
+def test_static_cache_batches_fill_rows_pad_width_and_answer_the_same(tiny_client):
+    """The GPU fast path (static KV cache, fixed shapes) gives the dynamic cache's greedy answers."""
+    model, tokenizer = llm.load_local_model(tiny_client.model_path)
+    texts = ["library", "When does the library open? Call 027-8765-4321.", "图书馆开放时间"]
+    prompts = [tiny_client.encode_chat([{"role": "user", "content": t}]) for t in texts]
+    assert max(map(len, prompts)) % llm.STATIC_WIDTH_STEP  # so the width really is padded up
+    pad = tokenizer.pad_token_id
+    dynamic = llm.generate_ids(model, prompts, pad, 8)
+    static = llm.generate_ids(model, prompts, pad, 8, static_rows=4)  # 3 prompts fill a 4-row batch
+    assert len(static) == 3 and static == dynamic
+    capped = llm.generate_ids(model, prompts, pad, 8, static_rows=4, max_width=max(map(len, prompts)))
+    assert capped == dynamic  # near the context limit the width is not padded past it
+
+
 def test_local_model_loaded_once_and_unload_frees_it(tiny_client, talkative_model_dir):
     model, _ = llm.load_local_model(str(talkative_model_dir))
     assert llm.load_local_model(str(talkative_model_dir))[0] is model

@@ -67,7 +67,7 @@ def test_api_key_is_used_but_never_logged_written_or_served(workspace, caplog):
         outputs += list(api_tab["on_start"]("p", "en", "zhipu", SECRET, server.url, "glm-4-flash", 2, 1000,
                                              True, True, "", ""))  # fmt: skip
         outputs += [str(x) for x in qa_tab["on_start"]("p", "en", "openai", SECRET, server.url, "m", 2, "", 8,
-                    False, "raw", 800, 80, 8, 1, True, 0.5, True, "", "", "")]  # fmt: skip
+                    False, "raw", 800, 80, 8, 1, True, 0.5, True, "", "", "", False)]  # fmt: skip
         server.rates = {"401": 1.0}  # the refused-key path: messages must not quote the key back
         with pytest.raises(gr.Error) as refused:
             list(

@@ -297,7 +297,7 @@ def test_bad_local_model_folder_is_refused_never_unpickled(kind, words, done, lo
         else:
             LocalClient(str(folder))
     with pytest.raises(gr.Error) as shown:
-        list(local_tab["on_start"]("p", "en", str(folder), 2, False, 1000, 0, True, ""))
+        list(local_tab["on_start"]("p", "en", str(folder), 2, False, 1000, 0, True, "", False))
     for word in words:
         assert word in str(caught.value) and word in str(shown.value.message)
     assert not (done.root / MARKER_NAME).exists()
@@ -394,7 +394,7 @@ def qa_tab(tmp_path_factory):
 def qa_tab_run(qa_tab, url: str, prompt: str = "{text} {n}", source: str = "auto", chunk=800):
     return list(qa_tab["on_start"]("p", "en", "openai", "k", url, "m", 2, "", 8, False,
                                    source, chunk, 80, 8, 0, False, 0.5, True, prompt, "{text}{question}{answer}",
-                                   "{question}{k}"))  # fmt: skip
+                                   "{question}{k}", False))  # fmt: skip
 
 
 def test_tabs_turn_bad_input_into_messages(done, server, api_tab, qa_tab):
