@@ -36,6 +36,10 @@ class GpuMemoryPoller:
         self._stop = threading.Event()
 
     def _run(self) -> None:
+        import shutil
+
+        if shutil.which("nvidia-smi") is None:  # --tiny on a CPU machine: nothing to sample
+            return
         while not self._stop.is_set():
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
@@ -57,8 +61,21 @@ class GpuMemoryPoller:
         self._thread.join()
 
 
-def build_model(folder: Path, layers: int) -> None:
-    """Save a random GLM-4-9B-shaped bf16 model plus the tiny ChatML tokenizer to `folder`."""
+GLM4_9B_SHAPE = {"vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+                 "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128}  # fmt: skip
+# --tiny: the same code paths on a CPU in seconds (a smoke test of this script, not a measurement)
+TINY_SHAPE = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_model(folder: Path, layers: int, shape: dict = GLM4_9B_SHAPE) -> None:
+    """Save a random GLM-4-9B-shaped model (bf16 on a GPU) plus the tiny ChatML tokenizer to `folder`."""
     import torch
     from tiny import build_tiny_tokenizer
     from transformers import GlmConfig, GlmForCausalLM
@@ -66,29 +83,27 @@ def build_model(folder: Path, layers: int) -> None:
     if (folder / "config.json").is_file():
         return
     config = GlmConfig(
-        vocab_size=151552,
-        hidden_size=4096,
-        intermediate_size=13696,
+        **shape,
         num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=2,
-        head_dim=128,
         max_position_embeddings=8192,
         eos_token_id=2,
         pad_token_id=0,
         bos_token_id=1,
     )
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = GlmForCausalLM(config).to(torch.bfloat16)
+    with torch.device(device()):
+        model = GlmForCausalLM(config)
+    if device() == "cuda":
+        model = model.to(torch.bfloat16)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
     model.save_pretrained(folder, safe_serialization=True)
     build_tiny_tokenizer().save_pretrained(folder)
     del model
-    torch.cuda.empty_cache()
+    if device() == "cuda":
+        torch.cuda.empty_cache()
 
 
-def write_dataset(folder: Path, records: int = 64) -> None:
+def write_dataset(folder: Path, records: int = 64, words_per_turn: int = 1500) -> None:
     """Chat records long enough to be truncated to max_input/max_output tokens."""
     import random
 
@@ -98,52 +113,60 @@ def write_dataset(folder: Path, records: int = 64) -> None:
     for split, n in (("train", records), ("dev", 4), ("test", 4)):
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             for _ in range(n):
-                q = " ".join(rng.choice(words) for _ in range(1500))
-                a = " ".join(rng.choice(words) for _ in range(1500))
+                q = " ".join(rng.choice(words) for _ in range(words_per_turn))
+                a = " ".join(rng.choice(words) for _ in range(words_per_turn))
                 msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                 fh.write(json.dumps({"messages": msgs}) + "\n")
 
 
-def run_seed_recipe(model_dir: Path, steps: int) -> dict:
+def run_seed_recipe(model_dir: Path, steps: int, seq: int = 1025) -> dict:
     """The seed's LoRA recipe in-process: r8 q/k/v, batch 1 x 1025, checkpointing, empty_cache each step."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.cuda.reset_peak_memory_stats()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda")
+    cuda = device() == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map=device()
+    )
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"])
     )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    seq = 1025
+    vocab = model.config.vocab_size
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     with GpuMemoryPoller() as poll:
         for step in range(steps + 2):
-            ids = torch.randint(100, 150000, (1, seq), device="cuda")
-            torch.cuda.synchronize()
+            ids = torch.randint(100, vocab - 1, (1, seq), device=device())
+            sync()
             t = time.perf_counter()
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
-            torch.cuda.empty_cache()
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.empty_cache()
+            sync()
             if step >= 2:
                 times.append(time.perf_counter() - t)
     step_s = sum(times) / len(times)
     result = {
-        "recipe": "seed: LoRA r8 qkv, 1 x 1025, ckpt, empty_cache",
+        "recipe": f"seed: LoRA r8 qkv, 1 x {seq}, ckpt, empty_cache",
         "tokens_per_s": seq / step_s,
         "seq": seq,
         "step_s": step_s,
-        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         "peak_smi_gib": poll.peak_mib / 1024,
+        "gpus": 1,
     }
     del model, opt
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return result
 
 
@@ -189,7 +212,8 @@ def run_project(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    events = [json.loads(x) for x in (run_dir / "progress.jsonl").read_text().splitlines()]
+    progress = run_dir / "progress.jsonl"
+    events = [json.loads(x) for x in progress.read_text().splitlines()] if progress.is_file() else []
     end = [e for e in events if e["event"] == "end"]
     logs = [e for e in events if e["event"] == "log"]
     result = {
@@ -198,6 +222,9 @@ def run_project(
         "exit": proc.returncode,
         "end": end[-1] if end else None,
     }
+    if proc.returncode or not end or end[-1].get("status") != "done":  # keep going; show why in the table
+        result["log_tail"] = (out / f"{name}.log").read_text(errors="replace")[-2000:]
+        print(f"{name} did not finish: exit {proc.returncode}\n{result['log_tail']}", flush=True)
     if len(logs) >= 4:
         # skip the first two logged steps (CUDA warm-up, allocator growth)
         span = logs[-1]["time"] - logs[1]["time"]
@@ -234,12 +261,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--only", default="seed,lora,ptuning")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke test on any machine: a 2-layer model, short sequences"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
-    build_model(args.model_dir, args.layers)
+    if args.tiny:
+        args.layers, args.model_dir = 2, args.out / "tiny-model"
+    name = torch.cuda.get_device_name() if device() == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {name}", flush=True)
+    build_model(args.model_dir, args.layers, TINY_SHAPE if args.tiny else GLM4_9B_SHAPE)
     from math import prod
 
     from safetensors import safe_open
@@ -249,11 +282,11 @@ def main() -> None:
         with safe_open(str(shard), "pt") as fh:
             params += sum(prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     data_dir = args.out / "dataset"
-    write_dataset(data_dir)
+    write_dataset(data_dir, words_per_turn=40 if args.tiny else 1500)
     wanted = args.only.split(",")
     results = []
     if "seed" in wanted:
-        results.append(run_seed_recipe(args.model_dir, args.steps))
+        results.append(run_seed_recipe(args.model_dir, args.steps, seq=65 if args.tiny else 1025))
         print(results[-1], flush=True)
     lora = {
         "method": "lora",
@@ -285,9 +318,20 @@ def main() -> None:
                            "checkpoint_layers": 32},
     }  # fmt: skip
     plans["lora-ddp"] = plans["lora"]
+    if args.tiny:  # same switches, toy sizes
+        for plan in plans.values():
+            plan.update(max_input_length=32, max_output_length=32)
+            if "ptuning" in plan:
+                plan["ptuning"] = {"num_virtual_tokens": 8}
+            if "checkpoint_layers" in plan:
+                plan["checkpoint_layers"] = 1
+    unknown = set(wanted) - set(plans) - {"seed"}
+    if unknown:
+        parser.error(f"unknown plans {sorted(unknown)}; choose from seed, {', '.join(plans)}")
     for name, overrides in plans.items():
         if name in wanted:
-            nproc = torch.cuda.device_count() if name == "lora-ddp" else 1
+            gpus = torch.cuda.device_count() if device() == "cuda" else 2  # CPU: torchrun over gloo
+            nproc = gpus if name == "lora-ddp" else 1
             results.append(
                 run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc)
             )

@@ -311,6 +311,7 @@ def plain_output_head(model):
     """The base model's output Linear when the loss may apply it itself (chunk by chunk), else None."""
     import torch
 
+    model = getattr(model, "module", model)  # under DDP the Trainer hands the loss the wrapper
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, "lm_head", None)
     config = base.config
