@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import gradio as gr
 
-from blocks.crawl import CrawlError, CrawlOptions, crawl_site, read_manifest, read_skipped, request_stop
+from blocks.crawl import (
+    CrawlError,
+    CrawlOptions,
+    crawl_site,
+    origin_key,
+    read_manifest,
+    read_skipped,
+    request_stop,
+)
 from blocks.workspace import WorkspaceError, get_project
 from ui_common import UIContext
 
@@ -95,7 +101,7 @@ def build_tab(ctx: UIContext) -> None:
             raise gr.Error(str(exc)) from exc
         allowed = ()
         if site is not None:
-            allowed = (urlsplit(site.url).netloc,)
+            allowed = (origin_key(site.url),)
         options = CrawlOptions(
             max_depth=int(max_depth or 0),
             max_pages=int(max_pages or 1),

@@ -102,7 +102,7 @@ class CrawlOptions:
     max_redirects: int = 5
     near_duplicate_bits: int = 3
     allow_private: bool = True  # False when the app is exposed: no loopback/private/link-local targets
-    allowed_origins: tuple[str, ...] = ()  # "host:port" allowed even when private (the app's demo site)
+    allowed_origins: tuple[str, ...] = ()  # origin_key()s allowed even when private (the app's demo site)
 
 
 @dataclass
@@ -352,15 +352,21 @@ def filename_title(disposition: str, url: str) -> str:
 # ---------------------------------------------------------------- network: robots, gate, fetch
 
 
+def origin_key(url: str) -> str:
+    """ "host:port" of a URL as CrawlOptions.allowed_origins lists it (IPv6 hosts without brackets)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
 def check_address(url: str, options: CrawlOptions) -> None:
     """Refuse loopback/private/link-local targets when the app is exposed (except allowed origins)."""
     if options.allow_private:
         return
+    if origin_key(url) in options.allowed_origins:
+        return
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if f"{host}:{port}" in options.allowed_origins:
-        return
     try:
         # getaddrinfo also decodes the spellings browsers accept (2130706433, 0x7f.1, 127.1), so what is
         # checked is the address the request will really go to.

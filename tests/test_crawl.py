@@ -61,6 +61,14 @@ def u(site, path: str) -> str:
 # ---------------------------------------------------------------- pure rules
 
 
+def test_origin_key_is_what_allowed_origins_list():
+    from blocks.crawl import origin_key
+
+    assert origin_key("http://127.0.0.1:8765/index.htm") == "127.0.0.1:8765"
+    assert origin_key("https://www.x.edu.cn/a") == "www.x.edu.cn:443"
+    assert origin_key("http://[::1]:8765/") == "::1:8765"  # no brackets, as the address checks compare
+
+
 def test_canonical_url_drops_session_tracking_and_fragments_but_keeps_cms_ids():
     assert canonical_url("HTTP://WWW.X.edu.cn:80/a/b.htm#top") == "http://www.x.edu.cn/a/b.htm"
     assert canonical_url("https://x.edu.cn:443") == "https://x.edu.cn/"
