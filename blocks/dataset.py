@@ -561,18 +561,16 @@ def measure_tokens(records: list[dict], tokenizer) -> list[tuple[int, int]]:
     """
     if not records:
         return []
+    from finetune import data  # the trainer's own split, so the counts cannot drift from training
+
     prompts, answers = [], []
     for record in records:
-        messages = record["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            raise DatasetError(
-                "The chat template renders the prompt differently inside the full conversation, so the "
-                "answer tokens cannot be located: use a model whose template is prefix-stable (ChatML, GLM-4)."
-            )
+        try:
+            prompt, answer = data.split_prompt_answer(record["messages"], tokenizer)
+        except data.DatasetError as exc:
+            raise DatasetError(str(exc)) from exc
         prompts.append(prompt)
-        answers.append(full[len(prompt) :])
+        answers.append(answer)
     ids = tokenizer(prompts + answers, add_special_tokens=False)["input_ids"]
     n = len(records)
     return [(len(ids[i]), len(ids[n + i])) for i in range(n)]

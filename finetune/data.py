@@ -37,12 +37,9 @@ def read_chat_jsonl(path: Path) -> list[list[dict]]:
     return conversations
 
 
-def encode_conversation(messages: list[dict], tokenizer, max_input: int, max_output: int) -> dict:
-    """Token ids and labels: the prompt (everything before the last answer) is masked out.
-
-    The answer's tokens are the template's full rendering minus the rendering of the prompt with
-    the generation header, so the end-of-turn token the template appends is trained too.
-    """
+def split_prompt_answer(messages: list[dict], tokenizer) -> tuple[str, str]:
+    """(prompt text up to the generation header, answer text): the template's rendering split where the
+    last answer starts; the answer keeps the end-of-turn token the template appends."""
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
@@ -50,8 +47,18 @@ def encode_conversation(messages: list[dict], tokenizer, max_input: int, max_out
             "The chat template renders the prompt differently inside the full conversation, so the "
             "answer tokens cannot be located: use a model whose template is prefix-stable (ChatML, GLM-4)."
         )
+    return prompt, full[len(prompt) :]
+
+
+def encode_conversation(messages: list[dict], tokenizer, max_input: int, max_output: int) -> dict:
+    """Token ids and labels: the prompt (everything before the last answer) is masked out.
+
+    The answer's tokens are the template's full rendering minus the rendering of the prompt with
+    the generation header, so the end-of-turn token the template appends is trained too.
+    """
+    prompt, answer = split_prompt_answer(messages, tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     prompt_ids = prompt_ids[-max_input:]  # keep the end: the question sits right before the answer
     answer_ids = answer_ids[:max_output]
     return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE] * len(prompt_ids) + answer_ids}
