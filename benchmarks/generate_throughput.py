@@ -63,16 +63,12 @@ def embedded_prompts(batch: int) -> tuple[object, list[list[int]], int]:
 def glm4_prompts(batch: int, prompt_len: int) -> tuple[object, list[list[int]], int]:
     """A GLM-4-9B-shaped model (random bf16 weights) on the GPU and random prompts of `prompt_len` tokens."""
     import torch
+    from train_throughput import GLM4_9B_SHAPE  # the same model shape as the training benchmark
     from transformers import AutoModelForCausalLM, GlmConfig
 
     config = GlmConfig(
-        vocab_size=151552,
-        hidden_size=4096,
-        intermediate_size=13696,
+        **GLM4_9B_SHAPE,
         num_hidden_layers=40,
-        num_attention_heads=32,
-        num_key_value_heads=2,
-        head_dim=128,
         max_position_embeddings=8192,
         pad_token_id=0,
         eos_token_id=151329,

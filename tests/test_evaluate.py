@@ -22,15 +22,7 @@ PAIRS = [
 SYSTEM = "You are Eastlake University's assistant."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices on two shared cores: torch's extra threads only fight other processes."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
 
 
 # ---------------------------------------------------------------- metrics by hand
@@ -178,7 +170,7 @@ def train_adapter(base: Path, out: Path, method: str, steps: int) -> Path:
         batches.append((torch.tensor([full]), torch.tensor([labels])))
     model.train()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # also for module-scoped fixtures, which run before `one_thread`
+    torch.set_num_threads(1)  # also for module-scoped fixtures, which run before `one_torch_thread`
     for step in range(steps):
         ids, labels = batches[step % len(batches)]
         loss = model(input_ids=ids, labels=labels).loss

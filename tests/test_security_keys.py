@@ -17,30 +17,12 @@ from pathlib import Path
 
 import pytest
 from fake_llm_server import FakeLLMServer, campus_responder, write_crawl
+from tabs import tab_handlers
 
 from blocks.workspace import get_project
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-UMTCDS-SECRET-1234567890abcdef"
-
-
-def tab_handlers(module_name: str, data_dir: Path) -> dict:
-    import importlib
-
-    import gradio as gr
-
-    import blocks.workspace as ws
-    from ui_common import Bilingual, UIContext
-
-    texts = Bilingual("en")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ws, "DATA_DIR", data_dir)
-        with gr.Blocks() as demo:
-            lang = gr.State("en")
-            texts.lang_state = lang
-            picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
-            importlib.import_module(module_name).build_tab(UIContext(texts, picker, lang, default_model=""))
-    return {f.name: f.fn for f in demo.fns.values()}
 
 
 def run_stage_cli(stage: str, url: str, backend: str, env_key: str) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ Launch options are refused by `python app.py` (exit 2, before the UI is built) a
 from __future__ import annotations
 
 import pytest
+from tabs import tab_handlers
 
 import app
 from bad_inputs.cli import assert_refused, run_cli, snapshot
@@ -90,25 +91,10 @@ def test_bad_project_and_run_names(name, workspace):
     assert sorted(p.name for p in workspace.iterdir()) == ["p"]  # nothing created outside
 
 
-def crawl_tab_handlers() -> dict:
-    import gradio as gr
-
-    import ui_crawl
-    from ui_common import Bilingual, UIContext
-
-    texts = Bilingual("en")
-    with gr.Blocks() as demo:
-        lang = gr.State("en")
-        texts.lang_state = lang
-        picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
-        ui_crawl.build_tab(UIContext(L=texts, project=picker, lang=lang, default_model=""))
-    return {f.name: f.fn for f in demo.fns.values()}
-
-
 def test_tabs_turn_bad_project_names_into_messages(workspace):
     import gradio as gr
 
-    handlers = crawl_tab_handlers()
+    handlers = tab_handlers("ui_crawl")
     with pytest.raises(gr.Error, match="Invalid project name"):
         handlers["on_stop"]("../../etc", "en")
     assert handlers["manifest_table"]("../../etc") == []

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from tabs import tab_handlers
 
 from bad_inputs.cli import assert_refused, run_cli, snapshot
 from blocks.chat import ChatError, load_model
@@ -72,21 +73,7 @@ BAD_MODELS = [
 
 @pytest.fixture(scope="module")
 def chat_tab(tmp_path_factory):
-    import gradio as gr
-
-    import blocks.workspace as ws
-    import ui_chat
-    from ui_common import Bilingual, UIContext
-
-    texts = Bilingual("en")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ws, "DATA_DIR", tmp_path_factory.mktemp("tab-data"))
-        with gr.Blocks() as demo:
-            lang = gr.State("en")
-            texts.lang_state = lang
-            picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
-            ui_chat.build_tab(UIContext(texts, picker, lang, default_model=""))
-    return {f.name: f.fn for f in demo.fns.values()}
+    return tab_handlers("ui_chat", tmp_path_factory.mktemp("tab-data"))
 
 
 @pytest.mark.parametrize("kind,words", BAD_MODELS, ids=[c[0] for c in BAD_MODELS])

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tabs import tab_handlers
 
 from bad_inputs.cli import assert_refused, run_cli, snapshot
 from blocks import dataset as ds
@@ -85,21 +86,7 @@ def tab(tmp_path_factory):
 
     Built once; the handlers look the workspace up when called, so each test's `workspace` applies.
     """
-    import gradio as gr
-
-    import blocks.workspace as ws
-    import ui_dataset
-    from ui_common import Bilingual, UIContext
-
-    texts = Bilingual("en")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ws, "DATA_DIR", tmp_path_factory.mktemp("tab-data"))
-        with gr.Blocks() as demo:
-            lang = gr.State("en")
-            texts.lang_state = lang
-            picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
-            ui_dataset.build_tab(UIContext(L=texts, project=picker, lang=lang, default_model=""))
-    return {f.name: f.fn for f in demo.fns.values()}
+    return tab_handlers("ui_dataset", tmp_path_factory.mktemp("tab-data"))
 
 
 def ui_build(tab, paths: str = "", split: str = "8:1:1", **numbers):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_llm_server import FakeLLMServer, campus_responder, write_crawl
+from tabs import tab_handlers
 
 from bad_inputs.cli import assert_refused, run_cli, snapshot
 from blocks.clean import CleanSettings, PromptError, StageInputError, clean_pages, read_jsonl
@@ -357,38 +358,19 @@ def test_clean_answer_of_only_reasoning_fails_the_page_not_its_file(done, server
 # ---------------------------------------------------------------- the tabs
 
 
-def tab_handlers(module_name: str, tmp_path_factory) -> dict:
-    import importlib
-
-    import gradio as gr
-
-    import blocks.workspace as ws
-    from ui_common import Bilingual, UIContext
-
-    texts = Bilingual("en")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ws, "DATA_DIR", tmp_path_factory.mktemp("tab-data"))
-        with gr.Blocks() as demo:
-            lang = gr.State("en")
-            texts.lang_state = lang
-            picker = gr.Dropdown(choices=["p"], value="p", allow_custom_value=True)
-            importlib.import_module(module_name).build_tab(UIContext(texts, picker, lang, default_model=""))
-    return {f.name: f.fn for f in demo.fns.values()}
-
-
 @pytest.fixture(scope="module")
 def local_tab(tmp_path_factory):
-    return tab_handlers("ui_local_clean", tmp_path_factory)
+    return tab_handlers("ui_local_clean", tmp_path_factory.mktemp("tab-data"))
 
 
 @pytest.fixture(scope="module")
 def api_tab(tmp_path_factory):
-    return tab_handlers("ui_api_clean", tmp_path_factory)
+    return tab_handlers("ui_api_clean", tmp_path_factory.mktemp("tab-data"))
 
 
 @pytest.fixture(scope="module")
 def qa_tab(tmp_path_factory):
-    return tab_handlers("ui_qa", tmp_path_factory)
+    return tab_handlers("ui_qa", tmp_path_factory.mktemp("tab-data"))
 
 
 def qa_tab_run(qa_tab, url: str, prompt: str = "{text} {n}", source: str = "auto", chunk=800):
