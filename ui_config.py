@@ -208,7 +208,7 @@ def build_tab(ctx: UIContext) -> None:
         torch_compile = gr.Dropdown(
             list(C.SWITCHES),
             value=v["torch_compile"],
-            label=L("Compile layers (LoRA)", "编译各层（LoRA）"),
+            label=L("Compile layers (not QLoRA)", "编译各层（QLoRA 除外）"),
             info=L(
                 "torch.compile each layer: a minute to compile first; auto = off.",
                 "用 torch.compile 编译各层：首次需约一分钟；auto = 关。",
@@ -276,8 +276,8 @@ def build_tab(ctx: UIContext) -> None:
         )
 
     def on_method(method_: str, current: str):
-        # only LoRA layers compile: do not offer "on" for the others
-        choices = list(C.SWITCHES) if method_ == "lora" else ["auto", "off"]
+        # QLoRA's 4-bit layers do not compile: do not offer "on" there
+        choices = list(C.SWITCHES) if method_ != "qlora" else ["auto", "off"]
         return gr.update(choices=choices, value=current if current in choices else "auto")
 
     load_preset_btn.click(on_load_preset, [preset, ctx.project], form)

@@ -262,6 +262,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--only", default="seed,lora,ptuning")
     parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='an extra plan: config overrides, optionally {"base": PLAN, ...} to start from a named one '
+        "(run it by listing NAME in --only)",
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="smoke test on any machine: a 2-layer model, short sequences"
     )
     args = parser.parse_args()
@@ -316,7 +324,22 @@ def main() -> None:
         "ptuning-ckpt": {**ptuning, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": "on"},
         "ptuning-ckpt32": {**ptuning, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": "on",
                            "checkpoint_layers": 32},
+        "ptuning-ckpt-compile": {**ptuning, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": "on",
+                                 "torch_compile": "on"},
+        # 24 GB budget, fewer recomputed layers: micro-batch 1 x 1024 (accumulate 4), no LoRA dropout
+        # (no masks or dropped copies kept), compiled layers, only the first 16 layers checkpointed
+        "lora-b1": {**lora, "batch_size": 1, "grad_accum": 4, "lora": {"dropout": 0.0}, "torch_compile": "on",
+                    "checkpoint_layers": 16},
     }  # fmt: skip
+    for spec in args.plan:
+        name, _, text = spec.partition("=")
+        try:
+            extra = json.loads(text)
+            plans[name] = {**plans[extra.pop("base", "lora")], **extra}
+        except (ValueError, KeyError, AttributeError) as exc:
+            parser.error(
+                f"--plan {spec!r}: expected NAME={{JSON object}} with an optional known base ({exc})"
+            )
     plans["lora-ddp"] = plans["lora"]
     if args.tiny:  # same switches, toy sizes
         for plan in plans.values():
@@ -337,6 +360,8 @@ def main() -> None:
             )
             results[-1]["gpus"] = nproc
             print(results[-1], flush=True)
+            # after every plan: a device call cut short still returns what finished
+            (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
     (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'recipe':40} {'tokens/s':>9} {'step s':>7} {'MFU %':>6} {'peak GiB (GPU 0)':>9}")
     for r in results:

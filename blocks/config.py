@@ -285,9 +285,8 @@ def check_fields(cfg: TrainConfig) -> list[str]:
         f"torch_compile {cfg.torch_compile!r} is not one of {', '.join(SWITCHES)}.",
     )
     need(
-        cfg.torch_compile != "on" or cfg.method == "lora",
-        "torch_compile 'on' works with LoRA only (P-tuning's prefix cache and QLoRA's 4-bit layers do not "
-        "compile): set it to 'auto'.",
+        cfg.torch_compile != "on" or cfg.method != "qlora",
+        "torch_compile 'on' does not work with QLoRA (its 4-bit layers do not compile): set it to 'auto'.",
     )
     if cfg.method in ("lora", "qlora"):
         need(cfg.lora.rank >= 1, "lora.rank must be at least 1 (typical: 8-64).")

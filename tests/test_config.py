@@ -122,8 +122,7 @@ def test_missing_config_file_says_how_to_make_one(tmp_path):
         ),
         ({"checkpoint_layers": -2}, "checkpoint_layers must be -1 (all layers)"),
         ({"torch_compile": "yes"}, "torch_compile 'yes' is not one of"),
-        ({"method": "ptuning", "torch_compile": "on"}, "torch_compile 'on' works with LoRA only"),
-        ({"method": "qlora", "torch_compile": "on"}, "torch_compile 'on' works with LoRA only"),
+        ({"method": "qlora", "torch_compile": "on"}, "torch_compile 'on' does not work with QLoRA"),
     ],
 )
 def test_each_field_rule_explains_what_to_change(changes, message):

@@ -338,14 +338,18 @@ def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_mo
 
 
 @pytest.mark.slow
-def test_compiled_checkpointed_layers_train_like_eager_ones(tmp_path, tiny_model_dir):
-    """torch_compile: on (regional, with checkpointing on a subset of layers) gives eager's losses."""
+@pytest.mark.parametrize("method", ["lora", "ptuning"])
+def test_compiled_checkpointed_layers_train_like_eager_ones(tmp_path, tiny_model_dir, method):
+    """torch_compile: on (regional, with checkpointing on a subset of layers) gives eager's losses;
+    for P-tuning the compiled layers also append to the prefix cache."""
+    import torch
     from torch._dynamo.utils import counters
 
     from blocks.config import LoraParams
 
     losses = {}
     for compiled in (False, True):
+        torch._dynamo.reset()  # compile afresh: a cached graph from another test would count nothing
         folder = tmp_path / ("compiled" if compiled else "eager")
         config = make_config(
             folder,
@@ -354,7 +358,9 @@ def test_compiled_checkpointed_layers_train_like_eager_ones(tmp_path, tiny_model
             logging_steps=1,
             eval_steps=100,
             save_steps=100,
+            method=method,
             lora=LoraParams(dropout=0.0),  # no random masks: both runs must compute the same thing
+            ptuning={"num_virtual_tokens": 8},
             gradient_checkpointing="on",
             checkpoint_layers=1,
             torch_compile="on" if compiled else "off",
