@@ -123,7 +123,12 @@ def main() -> int:
     parser.add_argument(
         "--static",
         action="store_true",
-        help="also time the batch with a static KV cache (auto torch.compile)",
+        help="also time the batch with the product's static KV cache path (compiled step, CUDA graphs)",
+    )
+    parser.add_argument(
+        "--hf-static",
+        action="store_true",
+        help="also time transformers' own static-cache generate (compiles its decoding step)",
     )
     args = parser.parse_args()
     import torch
@@ -170,14 +175,35 @@ def main() -> int:
             "tokens_per_s": batch_tps,
         },
     ]
-    if args.static:
-        # the product's path (LocalClient static_cache): transformers compiles the decoding step when
-        # the cache is static (CUDA only); the first call compiles for this batch shape
-        warm = timed(lambda: gen(prompts, static_rows=len(prompts)))
-        t_static = timed(lambda: gen(prompts, static_rows=len(prompts)))
+
+    def hf_static(ps):
+        import torch
+
+        width = max(map(len, ps))
+        rows = [[pad] * (width - len(p)) + p for p in ps]  # left padding, as generate_ids does
+        ids = torch.tensor(rows, device=next(model.parameters()).device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps]).to(ids.device),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=pad,
+            cache_implementation="static",
+        )
+        assert out.shape[1] == ids.shape[1] + n
+
+    timed_static = []
+    if args.hf_static:
+        timed_static.append(("static (transformers)", lambda: hf_static(prompts)))
+    if args.static:  # the product's path (LocalClient static_cache, blocks.llm.decode_static)
+        timed_static.append(("static (ours)", lambda: gen(prompts, static_rows=len(prompts))))
+    for label, fn in timed_static:
+        warm = timed(fn)  # the first call compiles for this batch shape
+        t_static = min(timed(fn), timed(fn))
         rows.append(
             {
-                "mode": f"batch {len(prompts)} static",
+                "mode": f"batch {len(prompts)} {label}",
                 "sequences": len(prompts),
                 "new_tokens": n,
                 "wall_s": t_static,
@@ -193,9 +219,9 @@ def main() -> int:
     print(
         f"model: {result['model']} on {result['device']} ({result['threads']} threads), {n} new tokens per sequence"
     )
-    print(f"{'mode':>21} {'seqs':>5} {'wall s':>8} {'tokens/s':>9}")
+    print(f"{'mode':>32} {'seqs':>5} {'wall s':>8} {'tokens/s':>9}")
     for r in rows:
-        print(f"{r['mode']:>21} {r['sequences']:>5} {r['wall_s']:>8.2f} {r['tokens_per_s']:>9.1f}")
+        print(f"{r['mode']:>32} {r['sequences']:>5} {r['wall_s']:>8.2f} {r['tokens_per_s']:>9.1f}")
     print(f"speedup: {result['speedup']:.1f}x")
     out = (
         ROOT

@@ -421,6 +421,7 @@ def unload_local_models() -> int:
     with _LOCAL_LOCK:
         count = len(_LOCAL_MODELS)
         _LOCAL_MODELS.clear()
+        _COMPILED_STEPS.clear()  # a compiled step holds its model
     gc.collect()
     if "torch" in sys.modules:
         import torch
@@ -450,27 +451,30 @@ def generate_ids(
 ) -> list[list[int]]:
     """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each.
 
-    `static_rows` > 0 uses a static KV cache, which transformers compiles on CUDA (the decoding step
-    then runs as CUDA graphs, several times faster for big batches). Every new shape compiles again,
-    so the batch is filled up to `static_rows` rows (copies of the first prompt, dropped afterwards)
-    and the width padded to a multiple of STATIC_WIDTH_STEP (at most `max_width`).
+    `static_rows` > 0 decodes with a static KV cache through `decode_static` (on CUDA the decoding
+    step is compiled and replayed as a CUDA graph: several times faster for big batches). Every new
+    shape compiles again, so the batch is filled up to `static_rows` rows (copies of the first prompt,
+    dropped afterwards) and the width padded to a multiple of STATIC_WIDTH_STEP (at most `max_width`).
     """
     import torch
 
     count = len(prompts)
     width = max(len(p) for p in prompts)
-    extra: dict = {}
     if static_rows:
         prompts = prompts + [prompts[0]] * max(0, static_rows - count)
         bucket = -(-width // STATIC_WIDTH_STEP) * STATIC_WIDTH_STEP
         width = max(width, min(bucket, max_width or bucket))
-        extra["cache_implementation"] = "static"
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         mask[row, width - len(prompt) :] = 1
     device = next(model.parameters()).device
+    if static_rows:
+        new = decode_static(
+            model, ids.to(device), mask.to(device), max_new_tokens, pad_id, temperature, min_new_tokens
+        )
+        return [_until_eos(row, model, pad_id) for row in new.cpu()[:count].tolist()]
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": 0.9}
         if temperature > 0
@@ -484,9 +488,110 @@ def generate_ids(
             min_new_tokens=min_new_tokens,
             pad_token_id=pad_id,
             **sampling,
-            **extra,
         )
     return [row[width:].tolist() for row in out.cpu()[:count]]
+
+
+def _eos_ids(model) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def _until_eos(row: list[int], model, pad_id: int) -> list[int]:
+    """generate()'s output shape: after the first end-of-sequence token, padding."""
+    eos = set(_eos_ids(model))
+    for index, token in enumerate(row):
+        if token in eos:
+            return row[: index + 1] + [pad_id] * (len(row) - index - 1)
+    return row
+
+
+_COMPILED_STEPS: dict = {}  # id(model) -> compiled decoding step (CUDA)
+
+
+def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperature=0.0, min_new_tokens=0):
+    """New tokens [rows, max_new_tokens] for a left-padded batch, decoded with a static KV cache.
+
+    The prompt is prefilled eagerly; each following step feeds one token per row with fixed shapes
+    (the attention mask covers the whole cache from the start), so on CUDA the step is compiled once
+    per shape and replayed as a CUDA graph. Choosing the next token stays on the GPU; the host looks
+    at the tokens only every 16 steps to stop early once every row has ended.
+    """
+    import torch
+    from transformers import StaticCache
+
+    rows, width = ids.shape
+    device = ids.device
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    full_mask = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos_ids = _eos_ids(model)
+    eos = torch.tensor(eos_ids or [-1], device=device)
+    # made once: a tensor built from host values inside the loop would wait for the GPU every step
+    cache_positions = torch.arange(width, width + max_new_tokens, device=device)
+    step = _decoding_step(model)
+    with torch.no_grad():
+        logits = model(
+            input_ids=ids,
+            attention_mask=full_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            cache_position=torch.arange(width, device=device),
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        next_position = positions[:, -1:] + 1
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        for index in range(max_new_tokens):
+            if index < min_new_tokens and eos_ids:
+                logits[:, eos] = float("-inf")
+            token = _choose(logits, temperature)
+            out[:, index] = torch.where(done, pad_id, token)
+            done |= torch.isin(token, eos)
+            if index == max_new_tokens - 1 or (index % 16 == 15 and bool(done.all())):
+                break
+            logits = step(
+                token[:, None],
+                full_mask,
+                next_position + index,
+                cache,
+                cache_positions[index : index + 1],
+            ).clone()  # the next replay overwrites a CUDA graph's output
+    return out
+
+
+def _decoding_step(model):
+    import torch
+
+    def step(token, full_mask, position, cache, cache_position):
+        return model(
+            input_ids=token,
+            attention_mask=full_mask,
+            position_ids=position,
+            past_key_values=cache,
+            cache_position=cache_position,
+            use_cache=True,
+        ).logits[:, -1, :]
+
+    if next(model.parameters()).device.type != "cuda":
+        return step  # CPU: nothing to gain from a graph
+    if id(model) not in _COMPILED_STEPS:
+        _COMPILED_STEPS.clear()  # one model at a time (unload_local_models drops the model too)
+        _COMPILED_STEPS[id(model)] = torch.compile(step, mode="reduce-overhead")
+    return _COMPILED_STEPS[id(model)]
+
+
+def _choose(logits, temperature: float):
+    """Greedy, or top-p 0.9 sampling at `temperature` (as generate_ids' sampling settings)."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > 0.9] = 0
+    return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
 
 
 class LocalClient:

@@ -30,9 +30,14 @@ def test_train_throughput_tiny_runs_the_seed_and_the_project_trainer(tmp_path):
 
 def test_generate_throughput_compares_batched_and_static_with_one_at_a_time():
     args = [sys.executable, "benchmarks/generate_throughput.py", "--batch", "2", "--new-tokens", "4",
-            "--static", "--threads", "1"]  # fmt: skip
+            "--static", "--hf-static", "--threads", "1"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((ROOT / "benchmarks" / "_out" / "generate_throughput.json").read_text())
-    assert [r["mode"] for r in result["rows"]] == ["one at a time", "batch 2", "batch 2 static"]
+    assert [r["mode"] for r in result["rows"]] == [
+        "one at a time",
+        "batch 2",
+        "batch 2 static (transformers)",
+        "batch 2 static (ours)",
+    ]
     assert all(r["tokens_per_s"] > 0 for r in result["rows"])

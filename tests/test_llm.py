@@ -8,6 +8,7 @@ import random
 import shutil
 import threading
 import weakref
+from itertools import dropwhile
 
 import pytest
 from fake_llm_server import FakeLLMServer
@@ -213,6 +214,32 @@ def test_static_cache_batches_fill_rows_pad_width_and_answer_the_same(tiny_clien
     assert len(static) == 3 and static == dynamic
     capped = llm.generate_ids(model, prompts, pad, 8, static_rows=4, max_width=max(map(len, prompts)))
     assert capped == dynamic  # near the context limit the width is not padded past it
+
+
+def test_static_cache_stops_rows_at_end_of_sequence_like_generate(tiny_client):
+    """A row that emits the end token is padded afterwards; min_new_tokens holds the end token back."""
+    model, tokenizer = llm.load_local_model(tiny_client.model_path)
+    prompts = [tiny_client.encode_chat([{"role": "user", "content": t}]) for t in ("library", "图书馆")]
+    pad = tokenizer.pad_token_id
+    first = llm.generate_ids(model, prompts, pad, 8)
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = first[0][2]  # row 0 now ends at its third token
+    try:
+        for min_new in (0, 5):
+            dynamic = llm.generate_ids(model, prompts, pad, 8, min_new_tokens=min_new)
+            static = llm.generate_ids(model, prompts, pad, 8, min_new_tokens=min_new, static_rows=2)
+
+            def trim(rows):
+                return [list(reversed(list(dropwhile(lambda t: t == pad, reversed(r))))) for r in rows]
+
+            assert trim(static) == trim(dynamic)
+            ended = trim(static)[0]
+            if min_new == 0:
+                assert ended == first[0][:3]  # stopped at the end token, padded after it
+            else:
+                assert first[0][2] not in ended[:min_new] and len(ended) >= min_new
+    finally:
+        model.generation_config.eos_token_id = saved
 
 
 def test_local_model_loaded_once_and_unload_frees_it(tiny_client, talkative_model_dir):
