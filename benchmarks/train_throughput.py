@@ -279,7 +279,11 @@ def main() -> None:
     if args.tiny:
         args.layers, args.model_dir = 2, args.out / "tiny-model"
     name = torch.cuda.get_device_name() if device() == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, {name}", flush=True)
+    import peft
+    import transformers
+
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
+    print(f"{versions}, {name}", flush=True)
     build_model(args.model_dir, args.layers, TINY_SHAPE if args.tiny else GLM4_9B_SHAPE)
     from math import prod
 

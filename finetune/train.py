@@ -289,7 +289,8 @@ def chunked_cross_entropy(logits, targets, chunk: int | None = None, head=None):
 
     def chunk_sum(x, y):
         if head is not None:
-            x = linear(x, head.weight, head.bias)
+            # under bf16 the Trainer (accelerate) hands back the model's outputs in fp32
+            x = linear(x.to(head.weight.dtype), head.weight, head.bias)
         return cross_entropy(x.float(), y, ignore_index=IGNORE, reduction="sum")
 
     chunk = chunk or LOSS_CHUNK

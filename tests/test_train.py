@@ -167,6 +167,25 @@ MIXED = [  # prompts of different lengths (system turn or not) and answers of di
 ]
 
 
+def test_fused_head_loss_takes_fp32_hidden_states_with_a_bf16_head():
+    """Under bf16 mixed precision accelerate returns the model's outputs (here hidden states) in fp32
+    while the output layer stays bf16: the loss must still run (it failed every GPU run once)."""
+    import torch
+
+    from finetune.train import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(2, 7, 16, dtype=torch.bfloat16)
+    targets = torch.randint(0, 50, (2, 7))
+    expected = chunked_cross_entropy(hidden, targets, chunk=3, head=head)
+    fp32 = hidden.float().requires_grad_()
+    loss = chunked_cross_entropy(fp32, targets, chunk=3, head=head)
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+    assert fp32.grad is not None and fp32.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("fused_head", [True, False])
 @pytest.mark.parametrize("method", ["lora", "ptuning"])
 def test_chunked_label_only_loss_equals_the_models_own_loss_and_gradients(
