@@ -159,6 +159,9 @@ def main() -> int:
     t_batch = timed(lambda: gen(prompts))
     one_tps = len(base) * n / t_one
     batch_tps = len(prompts) * n / t_batch
+    print(
+        f"one at a time: {one_tps:.1f} tokens/s; batch {len(prompts)}: {batch_tps:.1f} tokens/s", flush=True
+    )
     rows = [
         {
             "mode": "one at a time",
@@ -194,13 +197,14 @@ def main() -> int:
         assert out.shape[1] == ids.shape[1] + n
 
     timed_static = []
-    if args.hf_static:
-        timed_static.append(("static (transformers)", lambda: hf_static(prompts)))
     if args.static:  # the product's path (LocalClient static_cache, blocks.llm.decode_static)
         timed_static.append(("static (ours)", lambda: gen(prompts, static_rows=len(prompts))))
+    if args.hf_static:
+        timed_static.append(("static (transformers)", lambda: hf_static(prompts)))
     for label, fn in timed_static:
         warm = timed(fn)  # the first call compiles for this batch shape
         t_static = min(timed(fn), timed(fn))
+        print(f"{label}: {len(prompts) * n / t_static:.1f} tokens/s (first call {warm:.1f} s)", flush=True)
         rows.append(
             {
                 "mode": f"batch {len(prompts)} {label}",

@@ -170,6 +170,66 @@ def run_seed_recipe(model_dir: Path, steps: int, seq: int = 1025) -> dict:
     return result
 
 
+def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int = 512, accum: int = 4) -> dict:
+    """Issue 8's P-tuning comparator, plain PEFT in-process: prefix tuning with 512 virtual tokens,
+    micro-batch 1 x 641 tokens (128 + 512 + 1), no checkpointing (it crashes there), the model's own
+    loss, 4 micro-batches accumulated per optimizer step."""
+    import torch
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from blocks.config import prefix_dimensions
+
+    cuda = device() == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map=device()
+    )
+    dims = prefix_dimensions(model.config.to_dict())
+    model = get_peft_model(
+        model,
+        PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=prefix,
+            num_layers=dims["num_layers"],
+            token_dim=dims["token_dim"],
+            num_attention_heads=dims["kv_heads"],
+        ),
+    )
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    vocab = model.config.vocab_size
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = []
+    with GpuMemoryPoller() as poll:
+        for step in range(steps + 2):
+            sync()
+            t = time.perf_counter()
+            for _ in range(accum):
+                ids = torch.randint(100, vocab - 1, (1, seq), device=device())
+                (model(input_ids=ids, labels=ids).loss / accum).backward()
+            opt.step()
+            opt.zero_grad()
+            sync()
+            if step >= 2:
+                times.append(time.perf_counter() - t)
+    step_s = sum(times) / len(times)
+    result = {
+        "recipe": f"plain PEFT P-tuning {prefix} vt, 1 x {seq} x accum {accum}",
+        "tokens_per_s": seq * accum / step_s,
+        "seq": seq,
+        "prefix": prefix,
+        "step_s": step_s,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        "peak_smi_gib": poll.peak_mib / 1024,
+        "gpus": 1,
+    }
+    del model, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
 def run_project(
     model_dir: Path, data_dir: Path, out: Path, name: str, overrides: dict, steps: int, nproc: int = 1
 ) -> dict:
@@ -300,6 +360,10 @@ def main() -> None:
     if "seed" in wanted:
         results.append(run_seed_recipe(args.model_dir, args.steps, seq=65 if args.tiny else 1025))
         print(results[-1], flush=True)
+    if "plain-ptuning" in wanted:
+        tiny = {"seq": 41, "prefix": 8} if args.tiny else {}
+        results.append(run_plain_ptuning(args.model_dir, args.steps, **tiny))
+        print(results[-1], flush=True)
     lora = {
         "method": "lora",
         "batch_size": 4,
@@ -319,6 +383,8 @@ def main() -> None:
         "lora": lora,
         "lora-compile": {**lora, "torch_compile": "on"},
         "lora-compile-d0": {**lora, "torch_compile": "on", "lora": {"dropout": 0.0}},
+        "lora-compile-d0-b2": {**lora, "torch_compile": "on", "lora": {"dropout": 0.0}, "batch_size": 2,
+                               "grad_accum": 2},
         "lora-compile-ckpt36": {**lora, "torch_compile": "on", "checkpoint_layers": 36},
         # no memory budget: no checkpointing (issue 8 goal 2, MFU)
         "lora-nockpt": {**lora, "gradient_checkpointing": "off"},
@@ -352,9 +418,9 @@ def main() -> None:
                 plan["ptuning"] = {"num_virtual_tokens": 8}
             if "checkpoint_layers" in plan:
                 plan["checkpoint_layers"] = 1
-    unknown = set(wanted) - set(plans) - {"seed"}
+    unknown = set(wanted) - set(plans) - {"seed", "plain-ptuning"}
     if unknown:
-        parser.error(f"unknown plans {sorted(unknown)}; choose from seed, {', '.join(plans)}")
+        parser.error(f"unknown plans {sorted(unknown)}; choose from seed, plain-ptuning, {', '.join(plans)}")
     for name, overrides in plans.items():
         if name in wanted:
             gpus = torch.cuda.device_count() if device() == "cuda" else 2  # CPU: torchrun over gloo

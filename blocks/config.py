@@ -387,7 +387,7 @@ def count_trainable(cfg: TrainConfig, model_config: dict) -> int:
     return per_layer * (c.get("num_hidden_layers") or c.get("num_layers"))
 
 
-LOSS_CHUNK = 512  # rows of the trainer's fp32 cross-entropy at a time (~0.3 GiB per fp32 copy at GLM-4 size)
+LOSS_CHUNK = 256  # rows of the trainer's fp32 cross-entropy at a time (~0.15 GiB per fp32 copy at GLM-4 size)
 # Architectures whose logits are exactly lm_head(final hidden states), no soft-capping or scaling after it:
 # the trainer's loss applies the head itself, chunk by chunk (finetune/train.py plain_output_head).
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "glm", "glm4"})
