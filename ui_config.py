@@ -210,8 +210,8 @@ def build_tab(ctx: UIContext) -> None:
             value=v["torch_compile"],
             label=L("Compile layers (not QLoRA)", "编译各层（QLoRA 除外）"),
             info=L(
-                "torch.compile each layer: a minute to compile first; auto = off.",
-                "用 torch.compile 编译各层：首次需约一分钟；auto = 关。",
+                "torch.compile each layer: faster, a minute to compile first; auto = on with a GPU.",
+                "用 torch.compile 编译各层：更快，首次需约一分钟；auto = 有 GPU 时开启。",
             ),
         )
         group_by_length = gr.Checkbox(

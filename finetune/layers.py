@@ -10,6 +10,8 @@ forward and recomputation see the same keys and values.
 
 from __future__ import annotations
 
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for the layers (tests swap in a failing one)
+
 
 def decoder_layers(model) -> list | None:
     """The repeated transformer blocks of a (PEFT-wrapped) causal LM, or None if none are found."""
@@ -47,11 +49,13 @@ def _checkpointed(layer, index: int, forward):
     return run
 
 
-def apply_layer_switches(model, checkpoint_count: int, compile_layers: bool) -> int:
+def apply_layer_switches(model, checkpoint_count: int, compile_layers: bool, fallback: bool = False) -> int:
     """Compile and/or checkpoint the decoder layers in place; returns how many layers are checkpointed.
 
     `checkpoint_count`: 0 none, -1 all, N the first N (their inputs are kept, everything else is
     recomputed in backward; the other layers keep their activations: faster, more memory).
+    `fallback` (torch_compile: auto): a layer that fails to compile (no C compiler, an unsupported
+    GPU) runs eagerly with a warning instead of stopping the run.
     """
     import torch
 
@@ -68,8 +72,9 @@ def apply_layer_switches(model, checkpoint_count: int, compile_layers: bool) -> 
         # one compiled graph serves every layer (same code, parameters passed as inputs); allow a few
         # recompilations for new sequence lengths and padding masks before falling back to eager
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        torch._dynamo.config.suppress_errors = fallback
     for index, layer in enumerate(layers):
-        forward = torch.compile(layer.forward) if compile_layers else layer.forward
+        forward = torch.compile(layer.forward, backend=COMPILE_BACKEND) if compile_layers else layer.forward
         if index < count:
             forward = _checkpointed(layer, index, forward)
         if compile_layers or index < count:

@@ -240,7 +240,9 @@ def load_model_and_tokenizer(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.init_adapter:
         model = PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True)
-        apply_layer_switches(model, cfg.checkpoint_layers if checkpointing else 0, compile_layers)
+        apply_layer_switches(
+            model, cfg.checkpoint_layers if checkpointing else 0, compile_layers, cfg.torch_compile == "auto"
+        )
         return model, tokenizer
     if cfg.method == "ptuning":
         dims = prefix_dimensions(model_config)
@@ -262,7 +264,9 @@ def load_model_and_tokenizer(
             target_modules=target_modules(cfg, model_config),
         )
     model = get_peft_model(model, peft_config)
-    apply_layer_switches(model, cfg.checkpoint_layers if checkpointing else 0, compile_layers)
+    apply_layer_switches(
+        model, cfg.checkpoint_layers if checkpointing else 0, compile_layers, cfg.torch_compile == "auto"
+    )
     return model, tokenizer
 
 

@@ -140,8 +140,11 @@ def test_a_valid_config_has_no_problems_and_auto_switches_resolve_per_machine():
     assert C.resolve_switches(valid(), cuda=True, bf16_supported=True) == {
         "precision": "bf16",
         "gradient_checkpointing": True,
-        "torch_compile": False,
+        "torch_compile": True,
     }
+    qlora = valid(method="qlora")
+    assert not C.resolve_switches(qlora, cuda=True, bf16_supported=True)["torch_compile"]
+    assert not C.resolve_switches(valid(torch_compile="off"), cuda=True, bf16_supported=True)["torch_compile"]
     assert C.resolve_switches(valid(), cuda=True, bf16_supported=False)["precision"] == "fp16"
     # "auto" leaves P-tuning without checkpointing (its speed with it is not measured yet); "on" is allowed
     assert C.check_fields(valid(method="ptuning", gradient_checkpointing="on")) == []

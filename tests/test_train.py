@@ -275,6 +275,39 @@ def test_layer_checkpointing_keeps_loss_and_gradients_and_the_ptuning_prefix(ste
             assert abs(trainer.causal_lm_loss(model, batch)[0].item() - loss.item()) > 1e-3
 
 
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_layer_that_fails_to_compile_runs_eagerly_under_auto(steerable_model, monkeypatch, fallback):
+    """torch_compile: auto must not stop a run on a machine where compiling fails; 'on' reports it."""
+    import torch
+
+    from finetune import layers as layer_switches
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    cfg = TrainConfig(base_model=str(steerable_model))
+    model, tok = trainer.load_model_and_tokenizer(cfg, "fp32", checkpointing=False)
+    batch = trainer.collate_batch(
+        [trainer.encode_conversation(m, tok, 128, 64) for m in MIXED], tok.pad_token_id
+    )
+    model.eval()
+    with torch.no_grad():
+        expected = trainer.causal_lm_loss(model, batch)[0].item()
+    monkeypatch.setattr(layer_switches, "COMPILE_BACKEND", broken_backend)
+    torch._dynamo.reset()
+    try:
+        layer_switches.apply_layer_switches(model, 0, compile_layers=True, fallback=fallback)
+        with torch.no_grad():
+            if fallback:
+                assert trainer.causal_lm_loss(model, batch)[0].item() == pytest.approx(expected, rel=1e-6)
+            else:
+                with pytest.raises(Exception, match="no C compiler"):
+                    trainer.causal_lm_loss(model, batch)
+    finally:
+        torch._dynamo.config.suppress_errors = False
+        torch._dynamo.reset()
+
+
 def test_length_grouped_batches_pad_less_and_repeat_exactly_on_resume(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer, TrainingArguments
 
