@@ -196,6 +196,16 @@ def main() -> int:
         )
         assert out.shape[1] == ids.shape[1] + n
 
+    if args.static and torch.cuda.is_available():
+        torch._logging.set_logs(perf_hints=True)  # prints why a CUDA graph was skipped, if one is
+
+        def prefill():
+            with torch.no_grad():
+                model(input_ids=torch.tensor(prompts, device="cuda"), logits_to_keep=1)
+
+        prefill()
+        result["prefill_s"] = timed(prefill)
+        print(f"prefill alone (batch {len(prompts)}): {result['prefill_s']:.2f} s", flush=True)
     timed_static = []
     if args.static:  # the product's path (LocalClient static_cache, blocks.llm.decode_static)
         timed_static.append(("static (ours)", lambda: gen(prompts, static_rows=len(prompts))))
@@ -204,7 +214,13 @@ def main() -> int:
     for label, fn in timed_static:
         warm = timed(fn)  # the first call compiles for this batch shape
         t_static = min(timed(fn), timed(fn))
-        print(f"{label}: {len(prompts) * n / t_static:.1f} tokens/s (first call {warm:.1f} s)", flush=True)
+        from torch._dynamo.utils import counters
+
+        graphs = dict(counters["stats"]) | {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+        print(
+            f"{label}: {len(prompts) * n / t_static:.1f} tokens/s (first call {warm:.1f} s) {graphs}",
+            flush=True,
+        )
         rows.append(
             {
                 "mode": f"batch {len(prompts)} {label}",

@@ -410,7 +410,8 @@ def main() -> None:
             parser.error(
                 f"--plan {spec!r}: expected NAME={{JSON object}} with an optional known base ({exc})"
             )
-    plans["lora-ddp"] = plans["lora"]
+    plans["lora-ddp"] = plans["lora"]  # a plan named *-ddp runs on every GPU (torchrun)
+    plans["lora-compile-d0-ddp"] = plans["lora-compile-d0"]
     if args.tiny:  # same switches, toy sizes
         for plan in plans.values():
             plan.update(max_input_length=32, max_output_length=32)
@@ -424,7 +425,7 @@ def main() -> None:
     for name, overrides in plans.items():
         if name in wanted:
             gpus = torch.cuda.device_count() if device() == "cuda" else 2  # CPU: torchrun over gloo
-            nproc = gpus if name == "lora-ddp" else 1
+            nproc = gpus if name.endswith("-ddp") else 1
             results.append(
                 run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc)
             )

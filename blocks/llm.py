@@ -422,6 +422,7 @@ def unload_local_models() -> int:
         count = len(_LOCAL_MODELS)
         _LOCAL_MODELS.clear()
         _COMPILED_STEPS.clear()  # a compiled step holds its model
+        _STATIC_CACHES.clear()
     gc.collect()
     if "torch" in sys.modules:
         import torch
@@ -507,6 +508,7 @@ def _until_eos(row: list[int], model, pad_id: int) -> list[int]:
 
 
 _COMPILED_STEPS: dict = {}  # id(model) -> compiled decoding step (CUDA)
+_STATIC_CACHES: dict = {}  # (id(model), rows, length) -> StaticCache, reused: same addresses, same graph
 
 
 def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperature=0.0, min_new_tokens=0):
@@ -518,11 +520,10 @@ def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperatur
     at the tokens only every 16 steps to stop early once every row has ended.
     """
     import torch
-    from transformers import StaticCache
 
     rows, width = ids.shape
     device = ids.device
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    cache = _static_cache(model, rows, width + max_new_tokens)
     full_mask = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     eos_ids = _eos_ids(model)
@@ -559,6 +560,23 @@ def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperatur
                 cache_positions[index : index + 1],
             ).clone()  # the next replay overwrites a CUDA graph's output
     return out
+
+
+def _static_cache(model, rows: int, length: int):
+    """A zeroed static KV cache for this model and shape. Reusing one keeps its tensors at the same
+    addresses, so the recorded CUDA graph replays instead of being recorded again for a new cache."""
+    from transformers import StaticCache
+
+    key = (id(model), rows, length)
+    if key in _STATIC_CACHES:
+        cache = _STATIC_CACHES.pop(key)
+        cache.reset()
+    else:
+        if any(k[0] != id(model) for k in _STATIC_CACHES) or len(_STATIC_CACHES) >= 4:
+            _STATIC_CACHES.clear()  # another model, or too many shapes held: free their memory
+        cache = StaticCache(config=model.config, max_cache_len=length)
+    _STATIC_CACHES[key] = cache
+    return cache
 
 
 def _decoding_step(model):
