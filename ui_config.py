@@ -192,8 +192,9 @@ def build_tab(ctx: UIContext) -> None:
             value=v["gradient_checkpointing"],
             label=L("Gradient checkpointing", "梯度检查点"),
             info=L(
-                "Recompute layers in backward instead of keeping activations: less memory, ~30% slower.",
-                "反向时重算各层而不保存激活：省显存，约慢 30%。",
+                "Recompute layers in backward instead of keeping activations: less memory, ~25% slower; "
+                "auto = on with a GPU.",
+                "反向时重算各层而不保存激活：省显存，约慢 25%；auto = 有 GPU 时开启。",
             ),
         )
         checkpoint_layers = gr.Number(

@@ -91,7 +91,7 @@ class TrainConfig:
     save_total_limit: int = 3
     seed: int = 42
     precision: str = "auto"  # auto: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU
-    gradient_checkpointing: str = "auto"  # auto: on for LoRA/QLoRA on a GPU, off otherwise
+    gradient_checkpointing: str = "auto"  # auto: on when training on a GPU, off on the CPU
     checkpoint_layers: int = -1  # with checkpointing: recompute the first N decoder layers only (-1: all)
     torch_compile: str = "auto"  # compile each decoder layer (auto: on a GPU, eager if compiling fails)
     group_by_length: bool = True  # batches of similar lengths: less padding, same data per epoch
@@ -226,9 +226,7 @@ def resolve_switches(cfg: TrainConfig, cuda: bool, bf16_supported: bool) -> dict
     precision = cfg.precision
     if precision == "auto":
         precision = ("bf16" if bf16_supported else "fp16") if cuda else "fp32"
-    checkpointing = cfg.gradient_checkpointing == "on" or (
-        cfg.gradient_checkpointing == "auto" and cuda and cfg.method in ("lora", "qlora")
-    )
+    checkpointing = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and cuda)
     # measured on an H100 (benchmarks/RESULTS.md): compiled layers train faster and keep fewer
     # activations; QLoRA's 4-bit layers do not compile
     compile_layers = cfg.torch_compile == "on" or (
@@ -445,7 +443,7 @@ def estimate_memory(
         trainable=round(count_trainable(cfg, model_config) * 16 / gib, 2),
         activations=round(activations / gib, 2),
         logits=round(logits / gib, 2),
-        overhead=0.5 if cuda else 0.0,
+        overhead=1.0 if cuda else 0.0,  # CUDA context, cuBLAS workspaces, allocator slack (nvidia-smi)
     )
 
 
