@@ -555,7 +555,25 @@ def die_with_torchrun() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def one_gpu_unless_distributed(env) -> str | None:
+    """Without torchrun, train on the first visible GPU only; returns the CUDA_VISIBLE_DEVICES to set.
+
+    With several GPUs visible to one process the Trainer wraps the model in nn.DataParallel, which
+    is slower than DDP and crashed at the first step with checkpointed layers (PyTorch internal
+    assert in DataParallel's worker threads, 4 x H200). Several GPUs: torchrun (docs/TRAINING.md).
+    """
+    if "WORLD_SIZE" in env:
+        return None
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    first = (visible if visible is not None else "0").split(",")[0].strip()
+    return first if first != visible else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    # before anything touches CUDA: the device list is read once, at CUDA's initialisation
+    only = one_gpu_unless_distributed(os.environ)
+    if only is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = only
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -590,6 +590,17 @@ def test_sigterm_to_the_process_group_stops_and_saves(tmp_path, tiny_model_dir):
 # ---------------------------------------------------------------- several processes: torchrun, DDP over gloo
 
 
+def test_a_run_without_torchrun_uses_only_the_first_visible_gpu():
+    """Several GPUs seen by one process made the Trainer use DataParallel, which crashed (4 x H200)."""
+    pick = trainer.one_gpu_unless_distributed
+    assert pick({}) == "0"
+    assert pick({"CUDA_VISIBLE_DEVICES": "2,3"}) == "2"
+    assert pick({"CUDA_VISIBLE_DEVICES": " 1 , 0"}) == "1"
+    assert pick({"CUDA_VISIBLE_DEVICES": "1"}) is None  # already one
+    assert pick({"CUDA_VISIBLE_DEVICES": ""}) is None  # no GPU on purpose
+    assert pick({"WORLD_SIZE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}) is None  # torchrun: one per rank
+
+
 def spawn_torchrun(config: Path, run_dir: Path, resume: bool = False) -> subprocess.Popen:
     """`torchrun --nproc-per-node 2 -m finetune.train ...` in its own process group, as the UI would."""
     torchrun = Path(sys.executable).with_name("torchrun")
