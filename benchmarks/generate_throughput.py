@@ -81,6 +81,21 @@ def glm4_prompts(batch: int, prompt_len: int) -> tuple[object, list[list[int]], 
     return model, prompts, 0
 
 
+def profile_static(fn) -> str:
+    """One profiled call: the operators that take the time, and how many CUDA graphs were replayed
+    (one per decoding step when the compiled step really runs as a graph)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if "cudaGraphLaunch" in e.key)
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return f"CUDA graph launches: {launches}\n" + events.table(sort_by=sort, row_limit=15)
+
+
 def check_unload() -> dict:
     """Load a ~0.5 GB model folder through blocks.llm, unload it, and report GPU memory around it."""
     import tempfile
@@ -124,6 +139,12 @@ def main() -> int:
         "--static",
         action="store_true",
         help="also time the batch with the product's static KV cache path (compiled step, CUDA graphs)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --static: profile one more static call and print where the time goes "
+        "(top operators, CUDA graph launches)",
     )
     parser.add_argument(
         "--hf-static",
@@ -231,6 +252,8 @@ def main() -> int:
                 "compile_s": warm - t_static,
             }
         )
+    if args.static and args.profile:
+        print(profile_static(lambda: gen(prompts, static_rows=len(prompts))), flush=True)
     result |= {
         "model": "glm4-9b-shaped" if args.glm4 else "smollm2-135m",
         "rows": rows,
