@@ -119,10 +119,12 @@ def write_dataset(folder: Path, records: int = 64, words_per_turn: int = 1500) -
                 fh.write(json.dumps({"messages": msgs}) + "\n")
 
 
-def run_seed_recipe(model_dir: Path, steps: int, seq: int = 1025) -> dict:
-    """The seed's LoRA recipe in-process: r8 q/k/v, batch 1 x 1025, checkpointing, empty_cache each step."""
+def time_in_process(
+    model_dir: Path, wrap, steps: int, seq: int, accum: int = 1, lr: float = 1e-4, empty_cache: bool = False
+) -> dict:
+    """Load the model, `wrap` it (PEFT), and time optimizer steps of `accum` micro-batches of
+    1 x `seq` random tokens with the model's own loss; the first two steps are warm-up."""  # fmt: skip
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     cuda = device() == "cuda"
@@ -131,73 +133,8 @@ def run_seed_recipe(model_dir: Path, steps: int, seq: int = 1025) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map=device()
     )
-    model.gradient_checkpointing_enable()
-    model.enable_input_require_grads()
-    model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"])
-    )
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    vocab = model.config.vocab_size
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    times = []
-    with GpuMemoryPoller() as poll:
-        for step in range(steps + 2):
-            ids = torch.randint(100, vocab - 1, (1, seq), device=device())
-            sync()
-            t = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if cuda:
-                torch.cuda.empty_cache()
-            sync()
-            if step >= 2:
-                times.append(time.perf_counter() - t)
-    step_s = sum(times) / len(times)
-    result = {
-        "recipe": f"seed: LoRA r8 qkv, 1 x {seq}, ckpt, empty_cache",
-        "tokens_per_s": seq / step_s,
-        "seq": seq,
-        "step_s": step_s,
-        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
-        "peak_smi_gib": poll.peak_mib / 1024,
-        "gpus": 1,
-    }
-    del model, opt
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
-
-
-def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int = 512, accum: int = 4) -> dict:
-    """Issue 8's P-tuning comparator, plain PEFT in-process: prefix tuning with 512 virtual tokens,
-    micro-batch 1 x 641 tokens (128 + 512 + 1), no checkpointing (it crashes there), the model's own
-    loss, 4 micro-batches accumulated per optimizer step."""
-    import torch
-    from peft import PrefixTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from blocks.config import prefix_dimensions
-
-    cuda = device() == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map=device()
-    )
-    dims = prefix_dimensions(model.config.to_dict())
-    model = get_peft_model(
-        model,
-        PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=prefix,
-            num_layers=dims["num_layers"],
-            token_dim=dims["token_dim"],
-            num_attention_heads=dims["kv_heads"],
-        ),
-    )
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model = wrap(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     vocab = model.config.vocab_size
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
@@ -210,15 +147,15 @@ def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int =
                 (model(input_ids=ids, labels=ids).loss / accum).backward()
             opt.step()
             opt.zero_grad()
+            if cuda and empty_cache:
+                torch.cuda.empty_cache()
             sync()
             if step >= 2:
                 times.append(time.perf_counter() - t)
     step_s = sum(times) / len(times)
     result = {
-        "recipe": f"plain PEFT P-tuning {prefix} vt, 1 x {seq} x accum {accum}",
         "tokens_per_s": seq * accum / step_s,
         "seq": seq,
-        "prefix": prefix,
         "step_s": step_s,
         "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
         "peak_smi_gib": poll.peak_mib / 1024,
@@ -228,6 +165,48 @@ def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int =
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def run_seed_recipe(model_dir: Path, steps: int, seq: int = 1025) -> dict:
+    """The seed's LoRA recipe in-process: r8 q/k/v, batch 1 x 1025, checkpointing, empty_cache each step."""
+    from peft import LoraConfig, get_peft_model
+
+    def wrap(model):
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+        return get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"])
+        )
+
+    result = time_in_process(model_dir, wrap, steps, seq, empty_cache=True)
+    return {"recipe": f"seed: LoRA r8 qkv, 1 x {seq}, ckpt, empty_cache", **result}
+
+
+def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int = 512, accum: int = 4) -> dict:
+    """Issue 8's P-tuning comparator, plain PEFT in-process: prefix tuning with 512 virtual tokens,
+    micro-batch 1 x 641 tokens (128 + 512 + 1), no checkpointing (it crashes there), the model's own
+    loss, 4 micro-batches accumulated per optimizer step."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    from blocks.config import prefix_dimensions
+
+    def wrap(model):
+        dims = prefix_dimensions(model.config.to_dict())
+        config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=prefix,
+            num_layers=dims["num_layers"],
+            token_dim=dims["token_dim"],
+            num_attention_heads=dims["kv_heads"],
+        )
+        return get_peft_model(model, config)
+
+    result = time_in_process(model_dir, wrap, steps, seq, accum=accum, lr=1e-2)
+    return {
+        "recipe": f"plain PEFT P-tuning {prefix} vt, 1 x {seq} x accum {accum}",
+        "prefix": prefix,
+        **result,
+    }
 
 
 def run_project(

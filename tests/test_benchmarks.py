@@ -16,15 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_train_throughput_tiny_runs_the_seed_and_the_project_trainer(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "benchmarks/train_throughput.py", "--tiny", "--out", str(out), "--steps", "2",
-            "--only", "seed,lora,ptuning-ckpt32"]  # fmt: skip
+            "--only", "seed,plain-ptuning,lora,ptuning-ckpt32"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {r["recipe"].split(":")[0]: r for r in json.loads((out / "train_throughput.json").read_text())}
-    assert set(results) == {"seed", "lora", "ptuning-ckpt32"}
+    assert set(results) == {"seed", "plain PEFT P-tuning 8 vt, 1 x 41 x accum 4", "lora", "ptuning-ckpt32"}
     for name in ("lora", "ptuning-ckpt32"):  # the trainer finished and its steps were timed
         assert results[name]["end"]["status"] == "done", results[name]
         assert results[name]["tokens_per_s"] > 0
-    assert results["seed"]["tokens_per_s"] > 0
+    assert (
+        results["seed"]["tokens_per_s"] > 0
+        and results["plain PEFT P-tuning 8 vt, 1 x 41 x accum 4"]["tokens_per_s"] > 0
+    )
     assert "MFU %" in proc.stdout
 
 
