@@ -202,6 +202,42 @@ def test_batched_generation_equals_one_at_a_time(tiny_client):
     assert [via_runner[i] for i in range(4)] == alone  # length-sorted batches come back in order
 
 
+def plain_sdpa_generate(model, *args, **kwargs):
+    """generate() with transformers' own SDPA attention: the reference the static path must match."""
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"
+    try:
+        return llm.generate_ids(model, *args, **kwargs)
+    finally:
+        model.config._attn_implementation = saved
+
+
+@pytest.mark.parametrize("boolean", [True, False])
+def test_grouped_attention_equals_sdpa_without_copying_key_value_heads(boolean):
+    """One-token steps of a grouped-query model (8 query heads on 2 KV heads) with a padding mask."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    module.num_key_value_groups = 4
+    query, key, value = torch.randn(3, 8, 1, 16), torch.randn(3, 2, 20, 16), torch.randn(3, 2, 20, 16)
+    keep = torch.ones(3, 1, 1, 20, dtype=torch.bool)
+    keep[1, ..., :5] = False  # a left-padded row
+    keep[2, ..., 15:] = False  # cache slots not written yet
+    mask = keep if boolean else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    ours, _ = llm.grouped_attention(module, query, key, value, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert ours.shape == reference.shape == (3, 1, 8, 16)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    longer = torch.randn(3, 8, 4, 16)  # several query tokens (prefill): transformers' SDPA itself
+    both = [
+        f(module, longer, key, value, None, scaling=0.3)[0]
+        for f in (llm.grouped_attention, sdpa_attention_forward)
+    ]
+    assert torch.equal(*both)
+
+
 def test_static_cache_batches_fill_rows_pad_width_and_answer_the_same(tiny_client):
     """The GPU fast path (static KV cache, fixed shapes) gives the dynamic cache's greedy answers."""
     model, tokenizer = llm.load_local_model(tiny_client.model_path)
@@ -209,11 +245,22 @@ def test_static_cache_batches_fill_rows_pad_width_and_answer_the_same(tiny_clien
     prompts = [tiny_client.encode_chat([{"role": "user", "content": t}]) for t in texts]
     assert max(map(len, prompts)) % llm.STATIC_WIDTH_STEP  # so the width really is padded up
     pad = tokenizer.pad_token_id
-    dynamic = llm.generate_ids(model, prompts, pad, 8)
+    dynamic = plain_sdpa_generate(model, prompts, pad, 8)
     static = llm.generate_ids(model, prompts, pad, 8, static_rows=4)  # 3 prompts fill a 4-row batch
     assert len(static) == 3 and static == dynamic
+    assert model.config._attn_implementation == llm.GROUPED_ATTENTION  # decoded without K/V copies
     capped = llm.generate_ids(model, prompts, pad, 8, static_rows=4, max_width=max(map(len, prompts)))
     assert capped == dynamic  # near the context limit the width is not padded past it
+
+
+def test_static_cache_without_padding_never_attends_to_empty_cache_slots(tiny_client):
+    """Prompts of one length (no padding): the not-yet-written cache slots must still be masked."""
+    model, tokenizer = llm.load_local_model(tiny_client.model_path)
+    prompt = tiny_client.encode_chat([{"role": "user", "content": "When does the library open?"}])
+    pad = tokenizer.pad_token_id
+    dynamic = plain_sdpa_generate(model, [prompt, prompt], pad, 12)
+    assert llm.generate_ids(model, [prompt, prompt], pad, 12, static_rows=2, max_width=len(prompt)) == dynamic
+    assert llm.generate_ids(model, [prompt], pad, 12, static_rows=1, max_width=len(prompt)) == dynamic[:1]
 
 
 def test_static_cache_stops_rows_at_end_of_sequence_like_generate(tiny_client):
@@ -221,12 +268,12 @@ def test_static_cache_stops_rows_at_end_of_sequence_like_generate(tiny_client):
     model, tokenizer = llm.load_local_model(tiny_client.model_path)
     prompts = [tiny_client.encode_chat([{"role": "user", "content": t}]) for t in ("library", "图书馆")]
     pad = tokenizer.pad_token_id
-    first = llm.generate_ids(model, prompts, pad, 8)
+    first = plain_sdpa_generate(model, prompts, pad, 8)
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = first[0][2]  # row 0 now ends at its third token
     try:
         for min_new in (0, 5):
-            dynamic = llm.generate_ids(model, prompts, pad, 8, min_new_tokens=min_new)
+            dynamic = plain_sdpa_generate(model, prompts, pad, 8, min_new_tokens=min_new)
             static = llm.generate_ids(model, prompts, pad, 8, min_new_tokens=min_new, static_rows=2)
 
             def trim(rows):
