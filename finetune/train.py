@@ -461,6 +461,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str
     dev_set = load_split(dataset_dir, "dev", tokenizer, cfg)
     if not dev_set:
         print("note: no dev.jsonl records, so no eval loss is reported", flush=True)
+    if switches["torch_compile"]:
+        print("note: compiling the decoder layers: the first step takes about a minute longer", flush=True)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         print("note: --resume found no complete checkpoint; starting from step 0", flush=True)
