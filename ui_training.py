@@ -200,6 +200,20 @@ def build_tab(ctx: UIContext) -> None:
             allow_custom_value=False,
             scale=3,
         )
+        gpus_here = tr.gpu_count()
+        gpus = gr.Number(
+            value=1,
+            precision=0,
+            minimum=1,
+            maximum=max(gpus_here, 1),
+            label=L("GPUs", "GPU 数量"),
+            info=L(
+                "More than 1: one process per GPU (DDP); the effective batch grows with the GPU count.",
+                "大于 1：每块 GPU 一个进程（DDP）；等效批量随 GPU 数增大。",
+            ),
+            visible=gpus_here > 1,  # one GPU or none: nothing to choose
+            scale=1,
+        )
         refresh = gr.Button(L("Refresh lists", "刷新列表"), scale=0)
         start = gr.Button(L("Start training", "开始训练"), variant="primary", scale=1)
     with gr.Row():
@@ -242,11 +256,11 @@ def build_tab(ctx: UIContext) -> None:
             runs_table(project),
         )
 
-    def on_start(project: str, config_path: str, lang: str):
+    def on_start(project: str, config_path: str, processes: float | None, lang: str):
         if not config_path:
             raise gr.Error(L.pick(lang, "Pick a config first.", "请先选择训练配置。"))
         try:
-            status = tr.start_run(project, ws.confine_path(config_path))
+            status = tr.start_run(project, ws.confine_path(config_path), processes=processes or 1)
         except (tr.TrainingError, ws.WorkspaceError) as exc:
             raise gr.Error(str(exc)) from exc
         gr.Info(L.pick(lang, f"Started {status.run_id}.", f"已开始 {status.run_id}。"))
@@ -322,7 +336,7 @@ def build_tab(ctx: UIContext) -> None:
     tick_outputs = [watch, run, status_md, bar, plot, log_tail, runs]
     refresh.click(on_refresh, [ctx.project, run], [config, run, runs])
     ctx.project.change(on_refresh, [ctx.project, run], [config, run, runs])
-    start.click(on_start, [ctx.project, config, ctx.lang], [run, watch, runs])
+    start.click(on_start, [ctx.project, config, gpus, ctx.lang], [run, watch, runs])
     stop.click(on_stop, [ctx.project, run, ctx.lang], [runs, status_md])
     resume.click(on_resume, [ctx.project, run, ctx.lang], [run, watch, runs])
     again.click(on_again, [ctx.project, run, ctx.lang], [run, watch, runs])

@@ -173,9 +173,13 @@ def new_run_id(config_path: Path, now: datetime | None = None) -> str:
     return f"{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 
-def trainer_command(config_path: Path, run_dir: Path, resume: bool = False) -> list[str]:
-    """The trainer's argument list (never a shell string)."""
-    cmd = [sys.executable, "-m", TRAINER_MODULE, str(config_path), "--run-dir", str(run_dir)]
+def trainer_command(config_path: Path, run_dir: Path, resume: bool = False, processes: int = 1) -> list[str]:
+    """The trainer's argument list (never a shell string); `processes` > 1: under torchrun, one
+    process per GPU (DDP, docs/TRAINING.md)."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    cmd = [*launcher, "-m", TRAINER_MODULE, str(config_path), "--run-dir", str(run_dir)]
     return cmd + ["--resume"] if resume else cmd
 
 
@@ -280,7 +284,7 @@ def release_lock(run_dir: Path) -> None:
         lock_path().unlink(missing_ok=True)
 
 
-def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False) -> int:
+def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False, processes: int = 1) -> int:
     """Start the trainer in its own process group, output to train.log; write job.json; return the pid."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +293,7 @@ def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False) -> int
     try:
         with open(run_dir / "train.log", "ab") as logf:
             proc = subprocess.Popen(  # noqa: S603 - argument list built by trainer_command, no shell
-                trainer_command(config_path, run_dir, resume),
+                trainer_command(config_path, run_dir, resume, processes),
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
@@ -299,7 +303,13 @@ def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False) -> int
     except BaseException:
         release_lock(run_dir)
         raise
-    job = {"pid": proc.pid, "pgid": os.getpgid(proc.pid), "started_at": time.time(), "resume": resume}
+    job = {
+        "pid": proc.pid,
+        "pgid": os.getpgid(proc.pid),
+        "started_at": time.time(),
+        "resume": resume,
+        "processes": processes,
+    }
     write_json_atomic(run_dir / "job.json", job)
     # The run id is in the trainer's command line: a later check uses it to spot pid reuse.
     lock = {**job, "run_dir": str(run_dir), "run_id": run_dir.name, "project": project}
@@ -443,11 +453,36 @@ def freeze_config(project: str, config_path: Path, run_dir: Path, init_adapter: 
     return cf.save_config(cfg, run_dir / "config.yaml")
 
 
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine, from their device files (no torch import: the page loads fast)."""
+    return sum(1 for p in Path("/dev").glob("nvidia*") if p.name[len("nvidia") :].isdigit())
+
+
+def check_processes(processes) -> int:
+    """The number of trainer processes (GPUs) asked for, or a TrainingError saying what is possible."""
+    if isinstance(processes, float) and processes.is_integer():
+        processes = int(processes)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise TrainingError(f"GPUs must be a whole number of at least 1, not {processes!r}.")
+    gpus = gpu_count()
+    if processes > 1 and gpus and processes > gpus:
+        raise TrainingError(f"This machine has {gpus} GPU(s): choose at most {gpus}.")
+    return processes
+
+
 def start_run(
-    project: str, config_path: str | Path, run_id: str | None = None, init_adapter: Path | None = None
+    project: str,
+    config_path: str | Path,
+    run_id: str | None = None,
+    init_adapter: Path | None = None,
+    processes: int = 1,
 ) -> RunStatus:
-    """Start a new training run of `config_path` in `project`; JobRunningError if one is running."""
+    """Start a new training run of `config_path` in `project`; JobRunningError if one is running.
+
+    `processes` > 1 trains with DDP, one process per GPU: the effective batch is
+    batch_size x grad_accum x processes."""
     config_path = Path(config_path)
+    processes = check_processes(processes)
     if not config_path.is_file():
         raise TrainingError(f"Config {config_path} does not exist: create one in the Config tab first.")
     proj = ws.get_project(project)
@@ -459,7 +494,9 @@ def start_run(
         raise JobRunningError(locked_message(holder))
     run_dir.mkdir(parents=True)
     try:
-        spawn_trainer(freeze_config(project, config_path, run_dir, init_adapter), run_dir)
+        spawn_trainer(
+            freeze_config(project, config_path, run_dir, init_adapter), run_dir, processes=processes
+        )
     except BaseException:
         shutil.rmtree(run_dir)  # a refused config or a lost race for the lock leaves no empty run behind
         raise
@@ -484,7 +521,9 @@ def resume_run(project: str, run_id: str) -> RunStatus:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise TrainingError(f"{config} is missing (the frozen config): start a new run instead.")
-    spawn_trainer(config, run_dir, resume=True)
+    previous = read_json(run_dir / "job.json") or {}
+    # the same number of processes: the checkpoint's data order and step count assume it
+    spawn_trainer(config, run_dir, resume=True, processes=int(previous.get("processes", 1)))
     return get_run_status(run_dir)
 
 
@@ -495,7 +534,8 @@ def restart_from_adapter(project: str, run_id: str, new_id: str | None = None) -
     if not (adapter / "adapter_config.json").is_file():
         raise TrainingError(f"Run {run_id} has no final adapter yet: resume it or wait until it finishes.")
     new_id = new_id or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-from-{run_id}"[:64]
-    return start_run(project, source / "config.yaml", new_id, init_adapter=adapter)
+    processes = int((read_json(source / "job.json") or {}).get("processes", 1))  # as many GPUs as before
+    return start_run(project, source / "config.yaml", new_id, init_adapter=adapter, processes=processes)
 
 
 def stop_run(run_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> RunStatus:
@@ -570,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "start":
             p.add_argument("--config", required=True, type=Path, help="config YAML (see the Config stage)")
             p.add_argument("--run-id", default=None)
+            p.add_argument("--gpus", type=int, default=1, help="train on N GPUs with DDP (torchrun)")
         elif name in ("resume", "restart-from"):
             p.add_argument("run_id")
         elif name in ("stop", "status"):
@@ -585,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_status(s))
             return 0
         if args.action == "start":
-            status = start_run(args.project, args.config, args.run_id)
+            status = start_run(args.project, args.config, args.run_id, processes=args.gpus)
         elif args.action == "resume":
             status = resume_run(args.project, args.run_id)
         elif args.action == "restart-from":

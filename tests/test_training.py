@@ -32,6 +32,8 @@ parser.add_argument("config")
 parser.add_argument("--run-dir", required=True)
 parser.add_argument("--resume", action="store_true")
 args = parser.parse_args()
+if os.environ.get("RANK", "0") != "0":
+    sys.exit(0)  # under torchrun: rank 0 alone writes, as the real trainer does
 cfg = dict(line.split(": ", 1) for line in Path(args.config).read_text().splitlines() if ": " in line)
 total, sleep_s, save_every = int(cfg["steps"]), float(cfg["sleep"]), int(cfg["save_every"])
 run = Path(args.run_dir)
@@ -55,7 +57,8 @@ def emit(**event):
 
 ckpts = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
 first = ckpts[-1] if args.resume and ckpts else 0
-emit(event="start", total_steps=total, resumed_from=first if args.resume else None)
+emit(event="start", total_steps=total, resumed_from=first if args.resume else None,
+     world_size=int(os.environ.get("WORLD_SIZE", "1")))
 print("training", flush=True)
 if cfg.get("fail") == "oom":
     print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
@@ -189,6 +192,20 @@ def test_command_is_an_argument_list_with_resume_flag(tmp_path):
     cmd = tr.trainer_command(tmp_path / "c.yaml", tmp_path / "run", resume=True)
     assert cmd[:3] == [sys.executable, "-m", "finetune.train"]
     assert cmd[3:] == [str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--resume"]
+    ddp = tr.trainer_command(tmp_path / "c.yaml", tmp_path / "run", processes=4)
+    assert ddp[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert ddp[5:] == cmd[1:-1]
+
+
+def test_gpu_count_is_checked_before_starting(monkeypatch):
+    assert tr.check_processes(1) == 1 and tr.check_processes(2.0) == 2
+    for bad in (0, -1, 1.5, "2", True, None):
+        with pytest.raises(tr.TrainingError, match="whole number of at least 1"):
+            tr.check_processes(bad)
+    monkeypatch.setattr(tr, "gpu_count", lambda: 2)
+    assert tr.check_processes(2) == 2
+    with pytest.raises(tr.TrainingError, match="has 2 GPU"):
+        tr.check_processes(4)
 
 
 # ---------------------------------------------------------------- real child processes
@@ -229,6 +246,22 @@ def test_start_watch_stop_resume_finish(fake_trainer, workspace):
 
     with pytest.raises(tr.TrainingError, match="finished"):
         tr.resume_run("p", "r1")
+
+
+def test_several_gpus_run_under_torchrun_and_resume_with_as_many(fake_trainer, workspace):
+    """GPUs > 1 starts one process each (torchrun); stop reaches them; resume uses the same count."""
+    config = fake_trainer(steps=30, sleep=0.05, save_every=5)
+    run_dir = Path(tr.start_run("p", config, run_id="ddp", processes=2).run_dir)
+    assert tr.read_json(run_dir / "job.json")["processes"] == 2
+    wait_for(lambda: tr.get_run_status(run_dir).step >= 6, timeout=60)
+    stopped = tr.stop_run(run_dir, timeout_s=30)
+    assert stopped.status == "stopped" and stopped.checkpoints, tr.read_log_tail(run_dir)
+    tr.resume_run("p", "ddp")
+    assert tr.read_json(run_dir / "job.json")["processes"] == 2
+    final = tr.wait_run(run_dir, timeout_s=60)
+    assert final.status == "done" and final.step == 30, tr.read_log_tail(run_dir)
+    events, _ = tr.read_progress(run_dir)
+    assert [e["world_size"] for e in events if e["event"] == "start"] == [2, 2]
 
 
 def test_trainer_ignoring_sigterm_is_killed_and_can_resume(fake_trainer):
@@ -301,6 +334,9 @@ def test_cli_lists_runs_and_reports_errors(fake_trainer, workspace):
         [*run, "resume", "--project", "p", "ghost"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
     assert out.returncode == 2 and "No run 'ghost'" in out.stderr
+    args = [*run, "start", "--project", "p", "--config", str(config), "--gpus", "0"]
+    out = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "GPUs must be a whole number of at least 1" in out.stderr
     out = subprocess.run([*run, "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert "python -m blocks.training start" in out.stdout
 
