@@ -509,6 +509,7 @@ def _until_eos(row: list[int], model, pad_id: int) -> list[int]:
 
 _COMPILED_STEPS: dict = {}  # id(model) -> compiled decoding step (CUDA)
 _STATIC_CACHES: dict = {}  # (id(model), rows, length) -> StaticCache, reused: same addresses, same graph
+_STATIC_LOCK = threading.Lock()  # one static decode at a time: the caches and CUDA graphs are shared
 
 
 def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperature=0.0, min_new_tokens=0):
@@ -519,6 +520,11 @@ def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperatur
     per shape and replayed as a CUDA graph. Choosing the next token stays on the GPU; the host looks
     at the tokens only every 16 steps to stop early once every row has ended.
     """
+    with _STATIC_LOCK:
+        return _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens)
+
+
+def _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens):
     import torch
 
     rows, width = ids.shape

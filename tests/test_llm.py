@@ -263,6 +263,27 @@ def test_static_cache_without_padding_never_attends_to_empty_cache_slots(tiny_cl
     assert llm.generate_ids(model, [prompt], pad, 12, static_rows=1, max_width=len(prompt)) == dynamic[:1]
 
 
+def test_static_decodes_from_two_threads_do_not_share_a_cache_at_once(tiny_client):
+    """Two stages on one model: the reused cache of a shape must not be written by both at once."""
+    model, tokenizer = llm.load_local_model(tiny_client.model_path)
+    texts = ["When does the library open?", "图书馆在哪里？请说明具体位置"]
+    prompts = [tiny_client.encode_chat([{"role": "user", "content": t}]) for t in texts]
+    pad = tokenizer.pad_token_id
+    expected = [llm.generate_ids(model, [p], pad, 10, static_rows=2, max_width=64) for p in prompts]
+    results: dict = {0: [], 1: []}
+
+    def worker(i: int) -> None:
+        for _ in range(4):
+            results[i].append(llm.generate_ids(model, [prompts[i]], pad, 10, static_rows=2, max_width=64))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == [expected[0]] * 4 and results[1] == [expected[1]] * 4
+
+
 def test_static_cache_stops_rows_at_end_of_sequence_like_generate(tiny_client):
     """A row that emits the end token is padded afterwards; min_new_tokens holds the end token back."""
     model, tokenizer = llm.load_local_model(tiny_client.model_path)
