@@ -207,7 +207,9 @@ def pid_alive(pid: int | None, marker: str | None = None) -> bool:
         try:
             if ") Z" in (proc / "stat").read_text():
                 return False
-            if marker and marker not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            # empty while a just-spawned child is still inside exec (seen right after Popen): not reuse
+            if marker and cmdline and marker not in cmdline:
                 return False  # the pid was reused by an unrelated process
         except FileNotFoundError:
             return False
