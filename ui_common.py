@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import gradio as gr
 
 from blocks.clean import PromptError, StageInputError, StopFlag, StorageError, load_prompt
+from blocks.config import gpu_count
 from blocks.llm import ClientSettings, LLMError, SettingsError, unload_local_models
 from blocks.workspace import WorkspaceError, confine_path, get_project
 
@@ -100,7 +100,7 @@ STAGE_ERRORS = (
 
 def has_gpu() -> bool:
     """Whether an NVIDIA GPU is present, without importing torch (the page must load fast)."""
-    return Path("/dev/nvidiactl").exists()
+    return gpu_count() > 0
 
 
 def stop_flag(project_name: str, stage: str) -> StopFlag:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from blocks import training as tr
 from blocks import workspace as ws
+from blocks.config import gpu_count
 from ui_common import UIContext
 
 POLL_S = 2.0
@@ -200,7 +201,7 @@ def build_tab(ctx: UIContext) -> None:
             allow_custom_value=False,
             scale=3,
         )
-        gpus_here = tr.gpu_count()
+        gpus_here = gpu_count()
         gpus = gr.Number(
             value=1,
             precision=0,

@@ -499,6 +499,11 @@ def read_model_config(base_model: str) -> dict:
     return json.loads(file.read_text(encoding="utf-8"))
 
 
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine, from their device files (no torch import: pages load fast)."""
+    return sum(1 for p in Path("/dev").glob("nvidia*") if p.name[len("nvidia") :].isdigit())
+
+
 def detect_gpu() -> dict | None:
     """The first CUDA card: {'name', 'total_gib', 'bf16'}; None without one (imports torch)."""
     import torch

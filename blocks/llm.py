@@ -539,15 +539,8 @@ def _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_ne
     use_grouped_attention(model)
     step = _decoding_step(model)
     with torch.no_grad():
-        logits = model(
-            input_ids=ids,
-            attention_mask=full_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            cache_position=torch.arange(width, device=device),
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+        # the prefill runs eagerly (its shape changes with every batch), the same forward as a step
+        logits = _cached_forward(model, ids, full_mask, positions, cache, torch.arange(width, device=device))
         next_position = positions[:, -1:] + 1
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -625,18 +618,24 @@ def _static_cache(model, rows: int, length: int):
     return cache
 
 
+def _cached_forward(model, ids, full_mask, positions, cache, cache_position):
+    """The last position's logits after writing `ids` into the static cache at `cache_position`."""
+    return model(
+        input_ids=ids,
+        attention_mask=full_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        cache_position=cache_position,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1, :]
+
+
 def _decoding_step(model):
     import torch
 
     def step(token, full_mask, position, cache, cache_position):
-        return model(
-            input_ids=token,
-            attention_mask=full_mask,
-            position_ids=position,
-            past_key_values=cache,
-            cache_position=cache_position,
-            use_cache=True,
-        ).logits[:, -1, :]
+        return _cached_forward(model, token, full_mask, position, cache, cache_position)
 
     if next(model.parameters()).device.type != "cuda":
         return step  # CPU: nothing to gain from a graph

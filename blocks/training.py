@@ -455,9 +455,9 @@ def freeze_config(project: str, config_path: Path, run_dir: Path, init_adapter: 
     return cf.save_config(cfg, run_dir / "config.yaml")
 
 
-def gpu_count() -> int:
-    """NVIDIA GPUs on this machine, from their device files (no torch import: the page loads fast)."""
-    return sum(1 for p in Path("/dev").glob("nvidia*") if p.name[len("nvidia") :].isdigit())
+def run_processes(run_dir: Path) -> int:
+    """How many trainer processes (GPUs) the run's last start used (job.json; 1 before it was recorded)."""
+    return int((read_json(Path(run_dir) / "job.json") or {}).get("processes", 1))
 
 
 def check_processes(processes) -> int:
@@ -466,6 +466,8 @@ def check_processes(processes) -> int:
         processes = int(processes)
     if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
         raise TrainingError(f"GPUs must be a whole number of at least 1, not {processes!r}.")
+    from blocks.config import gpu_count
+
     gpus = gpu_count()
     if processes > 1 and gpus and processes > gpus:
         raise TrainingError(f"This machine has {gpus} GPU(s): choose at most {gpus}.")
@@ -523,9 +525,8 @@ def resume_run(project: str, run_id: str) -> RunStatus:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise TrainingError(f"{config} is missing (the frozen config): start a new run instead.")
-    previous = read_json(run_dir / "job.json") or {}
     # the same number of processes: the checkpoint's data order and step count assume it
-    spawn_trainer(config, run_dir, resume=True, processes=int(previous.get("processes", 1)))
+    spawn_trainer(config, run_dir, resume=True, processes=run_processes(run_dir))
     return get_run_status(run_dir)
 
 
@@ -536,8 +537,9 @@ def restart_from_adapter(project: str, run_id: str, new_id: str | None = None) -
     if not (adapter / "adapter_config.json").is_file():
         raise TrainingError(f"Run {run_id} has no final adapter yet: resume it or wait until it finishes.")
     new_id = new_id or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-from-{run_id}"[:64]
-    processes = int((read_json(source / "job.json") or {}).get("processes", 1))  # as many GPUs as before
-    return start_run(project, source / "config.yaml", new_id, init_adapter=adapter, processes=processes)
+    return start_run(
+        project, source / "config.yaml", new_id, init_adapter=adapter, processes=run_processes(source)
+    )
 
 
 def stop_run(run_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> RunStatus:

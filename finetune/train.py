@@ -198,6 +198,30 @@ def stop_requested(stop_flag: dict) -> bool:
 # ---------------------------------------------------------------- model
 
 
+def peft_config(cfg: TrainConfig, model_config: dict):
+    """The PEFT adapter configuration for the method: P-tuning v2 prefix or LoRA (QLoRA too)."""
+    from peft import LoraConfig, PrefixTuningConfig, TaskType
+
+    if cfg.method == "ptuning":
+        dims = prefix_dimensions(model_config)
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.ptuning.num_virtual_tokens,
+            prefix_projection=cfg.ptuning.prefix_projection,
+            encoder_hidden_size=cfg.ptuning.projection_hidden_size,
+            num_layers=dims["num_layers"],
+            token_dim=dims["token_dim"],
+            num_attention_heads=dims["kv_heads"],
+        )
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=target_modules(cfg, model_config),
+    )
+
+
 def load_model_and_tokenizer(
     cfg: TrainConfig, precision: str, checkpointing: bool, compile_layers: bool = False
 ):
@@ -207,7 +231,7 @@ def load_model_and_tokenizer(
     (finetune/layers.py), so P-tuning's prefix survives checkpointing.
     """
     import torch
-    from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = resolve_path(cfg.base_model)
@@ -240,30 +264,8 @@ def load_model_and_tokenizer(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.init_adapter:
         model = PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True)
-        apply_layer_switches(
-            model, cfg.checkpoint_layers if checkpointing else 0, compile_layers, cfg.torch_compile == "auto"
-        )
-        return model, tokenizer
-    if cfg.method == "ptuning":
-        dims = prefix_dimensions(model_config)
-        peft_config = PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=cfg.ptuning.num_virtual_tokens,
-            prefix_projection=cfg.ptuning.prefix_projection,
-            encoder_hidden_size=cfg.ptuning.projection_hidden_size,
-            num_layers=dims["num_layers"],
-            token_dim=dims["token_dim"],
-            num_attention_heads=dims["kv_heads"],
-        )
     else:
-        peft_config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=cfg.lora.rank,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=target_modules(cfg, model_config),
-        )
-    model = get_peft_model(model, peft_config)
+        model = get_peft_model(model, peft_config(cfg, model_config))
     apply_layer_switches(
         model, cfg.checkpoint_layers if checkpointing else 0, compile_layers, cfg.torch_compile == "auto"
     )

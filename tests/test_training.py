@@ -202,7 +202,9 @@ def test_gpu_count_is_checked_before_starting(monkeypatch):
     for bad in (0, -1, 1.5, "2", True, None):
         with pytest.raises(tr.TrainingError, match="whole number of at least 1"):
             tr.check_processes(bad)
-    monkeypatch.setattr(tr, "gpu_count", lambda: 2)
+    import blocks.config
+
+    monkeypatch.setattr(blocks.config, "gpu_count", lambda: 2)
     assert tr.check_processes(2) == 2
     with pytest.raises(tr.TrainingError, match="has 2 GPU"):
         tr.check_processes(4)
