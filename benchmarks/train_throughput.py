@@ -40,9 +40,12 @@ class GpuMemoryPoller:
 
         if shutil.which("nvidia-smi") is None:  # --tiny on a CPU machine: nothing to sample
             return
+        # the run's first GPU (nvidia-smi ignores CUDA_VISIBLE_DEVICES; set CUDA_DEVICE_ORDER=PCI_BUS_ID
+        # so that both number the GPUs alike when plans run side by side on one host)
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
         while not self._stop.is_set():
             out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                ["nvidia-smi", "-i", first, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                 capture_output=True,
                 text=True,
             ).stdout
@@ -210,7 +213,14 @@ def run_plain_ptuning(model_dir: Path, steps: int, seq: int = 641, prefix: int =
 
 
 def run_project(
-    model_dir: Path, data_dir: Path, out: Path, name: str, overrides: dict, steps: int, nproc: int = 1
+    model_dir: Path,
+    data_dir: Path,
+    out: Path,
+    name: str,
+    overrides: dict,
+    steps: int,
+    nproc: int = 1,
+    profile_step: int = 0,
 ) -> dict:
     """Run finetune.train as the app does (under torchrun when nproc > 1); step times from progress.jsonl."""
     import yaml
@@ -238,6 +248,10 @@ def run_project(
     seq = len(encode_conversation(first, tok, cfg.max_input_length, cfg.max_output_length)["input_ids"])
     run_dir = out / f"run-{name}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if profile_step:
+        from finetune.train import PROFILE_STEP_ENV
+
+        env[PROFILE_STEP_ENV] = str(profile_step)
     with GpuMemoryPoller() as poll, open(out / f"{name}.log", "w") as log:
         launcher = (
             [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
@@ -270,6 +284,11 @@ def run_project(
         n = logs[-1]["step"] - logs[1]["step"]
         per_step = cfg.batch_size * cfg.grad_accum * seq * nproc
         result.update(tokens_per_step=per_step, step_s=span / n, tokens_per_s=per_step * n / span)
+    if (run_dir / "profile.txt").is_file():
+        print(
+            f"{name}: where step {profile_step}'s time went\n{(run_dir / 'profile.txt').read_text()}",
+            flush=True,
+        )
     result["seq"] = seq
     result["prefix"] = cfg.ptuning.num_virtual_tokens if cfg.method == "ptuning" else 0
     result["peak_smi_gib"] = poll.peak_mib / 1024
@@ -307,6 +326,12 @@ def main() -> None:
         metavar="NAME=JSON",
         help='an extra plan: config overrides, optionally {"base": PLAN, ...} to start from a named one '
         "(run it by listing NAME in --only)",
+    )
+    parser.add_argument(
+        "--profile-step",
+        type=int,
+        default=0,
+        help="profile this optimizer step of each project plan and print its top operators",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="smoke test on any machine: a 2-layer model, short sequences"
@@ -406,7 +431,9 @@ def main() -> None:
             gpus = torch.cuda.device_count() if device() == "cuda" else 2  # CPU: torchrun over gloo
             nproc = gpus if name.endswith("-ddp") else 1
             results.append(
-                run_project(args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc)
+                run_project(
+                    args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc, args.profile_step
+                )
             )
             results[-1]["gpus"] = nproc
             print(results[-1], flush=True)

@@ -182,6 +182,42 @@ def make_progress_callback(run_dir: Path, cfg: TrainConfig, stop_flag: dict, res
     return ProgressCallback()
 
 
+PROFILE_STEP_ENV = "UMTCDS_PROFILE_STEP"  # diagnostics: profile this optimizer step (docs/TRAINING.md)
+
+
+def make_profile_callback(run_dir: Path, step: int):
+    """A TrainerCallback that profiles optimizer step `step` (1-based) and writes the operators that
+    took the time to run_dir/profile.txt (GPU time where there is a GPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+
+    class ProfileCallback(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step and self.prof is None:
+                self.prof = profile(
+                    activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                )
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is None or state.global_step != step:
+                return
+            if cuda:
+                torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            if state.is_world_process_zero:
+                sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+                table = self.prof.key_averages().table(sort_by=sort, row_limit=30)
+                (run_dir / "profile.txt").write_text(f"optimizer step {step}\n{table}\n", encoding="utf-8")
+
+    return ProfileCallback()
+
+
 def stop_requested(stop_flag: dict) -> bool:
     """The local SIGTERM flag, agreed across DDP ranks so every rank stops at the same step."""
     import torch.distributed as dist
@@ -502,6 +538,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str
     resumed_from = None
     if checkpoint is not None:
         resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    callbacks = [make_progress_callback(run_dir, cfg, stop_flag, resumed_from)]
+    if os.environ.get(PROFILE_STEP_ENV, "").isdigit():
+        callbacks.append(make_profile_callback(run_dir, int(os.environ[PROFILE_STEP_ENV])))
     trainer = make_trainer(
         model=model,
         args=args,
@@ -509,7 +548,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool, stop_flag: dict) -> str
         eval_dataset=dev_set or None,
         data_collator=lambda batch: collate_batch(batch, tokenizer.pad_token_id),
         processing_class=tokenizer,  # saved into every checkpoint, chat template included
-        callbacks=[make_progress_callback(run_dir, cfg, stop_flag, resumed_from)],
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop_requested(stop_flag):

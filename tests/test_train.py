@@ -351,9 +351,10 @@ def test_length_grouped_batches_pad_less_and_repeat_exactly_on_resume(tmp_path, 
 # ---------------------------------------------------------------- full runs (in-process)
 
 
-def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_model_dir):
+def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_model_dir, monkeypatch):
     from blocks.models import model_fingerprint
 
+    monkeypatch.setenv(trainer.PROFILE_STEP_ENV, "3")  # diagnostics: one profiled step
     run_dir = tmp_path / "runs" / "lora-1"
     assert trainer.main([str(make_config(tmp_path, tiny_model_dir)), "--run-dir", str(run_dir)]) == 0
 
@@ -387,6 +388,8 @@ def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_mo
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(adapter).chat_template  # chat renders like training did
+    profile = (run_dir / "profile.txt").read_text()
+    assert profile.startswith("optimizer step 3") and "aten::mm" in profile  # the step's matrix products
 
 
 @pytest.mark.slow
