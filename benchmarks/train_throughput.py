@@ -220,9 +220,10 @@ def run_project(
     overrides: dict,
     steps: int,
     nproc: int = 1,
-    profile_step: int = 0,
+    profile: bool = False,
 ) -> dict:
-    """Run finetune.train as the app does (under torchrun when nproc > 1); step times from progress.jsonl."""
+    """Run finetune.train as the app does (under torchrun when nproc > 1); step times from progress.jsonl.
+    `profile`: one more step, profiled (its top operators are printed) and left out of the timing."""
     import yaml
 
     from blocks.config import load_config
@@ -231,7 +232,7 @@ def run_project(
     cfg_dict = {
         "base_model": str(model_dir),
         "dataset_dir": str(data_dir),
-        "max_steps": steps + 3,
+        "max_steps": steps + 3 + profile,
         "logging_steps": 1,
         "eval_steps": 100000,
         "save_steps": 100000,
@@ -248,10 +249,10 @@ def run_project(
     seq = len(encode_conversation(first, tok, cfg.max_input_length, cfg.max_output_length)["input_ids"])
     run_dir = out / f"run-{name}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if profile_step:
+    if profile:
         from finetune.train import PROFILE_STEP_ENV
 
-        env[PROFILE_STEP_ENV] = str(profile_step)
+        env[PROFILE_STEP_ENV] = str(cfg_dict["max_steps"])
     with GpuMemoryPoller() as poll, open(out / f"{name}.log", "w") as log:
         launcher = (
             [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
@@ -278,15 +279,16 @@ def run_project(
     if proc.returncode or not end or end[-1].get("status") != "done":  # keep going; show why in the table
         result["log_tail"] = (out / f"{name}.log").read_text(errors="replace")[-2000:]
         print(f"{name} did not finish: exit {proc.returncode}\n{result['log_tail']}", flush=True)
-    if len(logs) >= 4:
+    timed = logs[:-1] if profile else logs
+    if len(timed) >= 4:
         # skip the first two logged steps (CUDA warm-up, allocator growth)
-        span = logs[-1]["time"] - logs[1]["time"]
-        n = logs[-1]["step"] - logs[1]["step"]
+        span = timed[-1]["time"] - timed[1]["time"]
+        n = timed[-1]["step"] - timed[1]["step"]
         per_step = cfg.batch_size * cfg.grad_accum * seq * nproc
         result.update(tokens_per_step=per_step, step_s=span / n, tokens_per_s=per_step * n / span)
     if (run_dir / "profile.txt").is_file():
         print(
-            f"{name}: where step {profile_step}'s time went\n{(run_dir / 'profile.txt').read_text()}",
+            f"{name}: where one step's time went\n{(run_dir / 'profile.txt').read_text()}",
             flush=True,
         )
     result["seq"] = seq
@@ -328,10 +330,9 @@ def main() -> None:
         "(run it by listing NAME in --only)",
     )
     parser.add_argument(
-        "--profile-step",
-        type=int,
-        default=0,
-        help="profile this optimizer step of each project plan and print its top operators",
+        "--profile",
+        action="store_true",
+        help="one more step in each project plan, profiled (top operators printed, not timed)",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="smoke test on any machine: a 2-layer model, short sequences"
@@ -432,7 +433,7 @@ def main() -> None:
             nproc = gpus if name.endswith("-ddp") else 1
             results.append(
                 run_project(
-                    args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc, args.profile_step
+                    args.model_dir, data_dir, args.out, name, overrides, args.steps, nproc, args.profile
                 )
             )
             results[-1]["gpus"] = nproc
