@@ -54,6 +54,8 @@ def render_status(status: tr.RunStatus | None, lang: str) -> str:
         parts.append(f"loss {status.loss:.4f}")
     if status.eval_loss is not None:
         parts.append(f"eval loss {status.eval_loss:.4f}")
+    if status.gpu_gib is not None:
+        parts.append(("显存峰值 " if lang == "zh" else "GPU memory peak ") + f"{status.gpu_gib:.1f} GiB")
     if status.status == "running":
         parts.append(("剩余约 " if lang == "zh" else "ETA ") + format_duration(status.eta_s))
     text = " · ".join(parts)

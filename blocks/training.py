@@ -63,6 +63,7 @@ class RunStatus:
     total_steps: int | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    gpu_gib: float | None = None  # the trainer's peak GPU memory (PyTorch allocator), when on a GPU
     started_at: float | None = None
     eta_s: float | None = None
     error: str | None = None
@@ -145,6 +146,9 @@ def summarize_events(events: list[dict], alive: bool, job_started: float | None)
         "total_steps": (start or {}).get("total_steps"),
         "loss": logs[-1]["loss"] if logs else None,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "gpu_gib": max(
+            (e["gpu_gib"] for e in logs if isinstance(e.get("gpu_gib"), int | float)), default=None
+        ),
         "error": end.get("error") if end else None,
     }
 
@@ -598,9 +602,10 @@ def format_status(s: RunStatus) -> str:
     loss = f" loss {s.loss:.4f}" if s.loss is not None else ""
     ev = f" eval {s.eval_loss:.4f}" if s.eval_loss is not None else ""
     eta = f" eta {s.eta_s:.0f}s" if s.eta_s is not None else ""
+    gpu = f" gpu {s.gpu_gib:.1f} GiB" if s.gpu_gib is not None else ""
     err = f"  error: {s.error}" if s.error else ""
     hint = "  (out of memory: use a smaller batch size or max length, or QLoRA)" if s.oom else ""
-    return f"{s.run_id}  {s.status:8s} step {s.step}{total}{loss}{ev}{eta}{err}{hint}"
+    return f"{s.run_id}  {s.status:8s} step {s.step}{total}{loss}{ev}{gpu}{eta}{err}{hint}"
 
 
 def main(argv: list[str] | None = None) -> int:

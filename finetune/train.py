@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from blocks.config import (
-    LOSS_CHUNK,
     PLAIN_HEAD_TYPES,
     ConfigError,
     TrainConfig,
     check_environment,
     load_config,
+    loss_chunk_rows,
     prefix_dimensions,
     read_model_config,
     resolve_path,
@@ -133,6 +133,16 @@ def write_adapter_record(folder: Path, cfg: TrainConfig, run_dir: Path) -> None:
     os.replace(tmp, folder / "umtcds_adapter.json")
 
 
+def gpu_memory_peak() -> dict:
+    """{"gpu_gib": peak GiB this process has held on its GPU} (PyTorch's allocator, CUDA context
+    excluded), or {} without CUDA: the Training tab shows it beside the loss."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
 def make_progress_callback(run_dir: Path, cfg: TrainConfig, stop_flag: dict, resumed_from: int | None):
     """A TrainerCallback that writes progress events, honours the stop flag and tags checkpoints."""
     from transformers import TrainerCallback
@@ -160,6 +170,7 @@ def make_progress_callback(run_dir: Path, cfg: TrainConfig, stop_flag: dict, res
                     loss=logs["loss"],
                     learning_rate=logs.get("learning_rate"),
                     epoch=logs.get("epoch"),
+                    **gpu_memory_peak(),
                 )
             elif "eval_loss" in logs:
                 append_event(run_dir, "eval", step=state.global_step, eval_loss=logs["eval_loss"])
@@ -335,7 +346,7 @@ def chunked_cross_entropy(logits, targets, chunk: int | None = None, head=None):
             x = linear(x.to(head.weight.dtype), head.weight, head.bias)
         return cross_entropy(x.float(), y, ignore_index=IGNORE, reduction="sum")
 
-    chunk = chunk or LOSS_CHUNK
+    chunk = chunk or loss_chunk_rows(logits.shape[-1] if head is None else head.weight.shape[0])
     total = torch.zeros((), dtype=torch.float32, device=logits.device)
     # split, not slicing: its backward concatenates the chunks' gradients once instead of
     # materialising a full-size zero gradient per chunk

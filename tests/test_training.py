@@ -181,6 +181,26 @@ def test_loss_points_have_train_and_eval_series_and_resume_overwrites():
     }
 
 
+def test_gpu_memory_peak_is_shown_in_the_tab_and_the_cli():
+    import ui_training
+
+    events = [
+        {"event": "start", "total_steps": 10, "resumed_from": None, "time": 0.0},
+        {"event": "log", "step": 1, "loss": 3.0, "gpu_gib": 20.5, "time": 1.0},
+        {"event": "log", "step": 2, "loss": 2.0, "gpu_gib": 21.25, "time": 2.0},
+        {"event": "log", "step": 3, "loss": 1.5, "gpu_gib": 21.0, "time": 3.0},
+    ]
+    summary = tr.summarize_events(events, alive=True, job_started=0.0)
+    assert summary["gpu_gib"] == 21.25  # the peak so far, not the last reading
+    status = tr.RunStatus(run_id="r1", run_dir="/x", **summary)
+    assert "GPU memory peak 21.2 GiB" in ui_training.render_status(status, "en")
+    assert "显存峰值 21.2 GiB" in ui_training.render_status(status, "zh")
+    assert "gpu 21.2 GiB" in tr.format_status(status)
+    # a CPU run logs no memory: nothing is shown
+    cpu = tr.RunStatus(run_id="r2", run_dir="/x", **tr.summarize_events(events[:1], True, 0.0))
+    assert cpu.gpu_gib is None and "GiB" not in ui_training.render_status(cpu, "en")
+
+
 def test_oom_detection_and_safe_run_ids():
     assert tr.looks_like_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
     assert not tr.looks_like_oom("ValueError: dataset is empty")
