@@ -517,3 +517,12 @@ def test_config_tab_refuses_paths_outside_the_workspace():
 
     with pytest.raises(WorkspaceError, match="outside the workspace"):
         ui_config.confine_config_paths(valid(base_model="/etc"))
+
+
+def test_loss_chunks_hold_about_the_same_number_of_logits_whatever_the_vocabulary():
+    from blocks.config import loss_chunk_rows
+
+    assert loss_chunk_rows(151552) == 128  # GLM-4: 19.4M logits a chunk, not 256 rows' 38.8M
+    assert loss_chunk_rows(49152) == 320  # SmolLM2
+    assert loss_chunk_rows(1024) == 16384  # tiny vocabularies: big chunks
+    assert loss_chunk_rows(10**7) == 64  # never below one 64-row tile
