@@ -29,11 +29,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 class GpuMemoryPoller:
-    """Peak of nvidia-smi's memory.used (MiB) while the context is open."""
+    """Peaks (MiB) sampled from nvidia-smi every 200 ms while the context is open, on the run's first
+    GPU: `peak_mib`, everything the card holds (memory.used), and `peak_others_mib`, what processes
+    other than this one hold there (the trainer a plan starts, without the memory this process kept
+    after timing the in-process recipes)."""
 
     def __init__(self) -> None:
         self.peak_mib = 0
+        self.peak_others_mib = 0
         self._stop = threading.Event()
+
+    def _query(self, gpu: str, what: str) -> list[list[str]]:
+        out = subprocess.run(
+            ["nvidia-smi", "-i", gpu, f"--query-{what}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return [[v.strip() for v in line.split(",")] for line in out.splitlines() if line.strip()]
 
     def _run(self) -> None:
         import shutil
@@ -43,15 +55,14 @@ class GpuMemoryPoller:
         # the run's first GPU (nvidia-smi ignores CUDA_VISIBLE_DEVICES; set CUDA_DEVICE_ORDER=PCI_BUS_ID
         # so that both number the GPUs alike when plans run side by side on one host)
         first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+        me = str(os.getpid())
         while not self._stop.is_set():
-            out = subprocess.run(
-                ["nvidia-smi", "-i", first, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            values = [int(v) for v in out.split() if v.strip().isdigit()]
-            if values:
-                self.peak_mib = max(self.peak_mib, values[0])
+            used = [int(r[0]) for r in self._query(first, "gpu=memory.used") if r[0].isdigit()]
+            if used:
+                self.peak_mib = max(self.peak_mib, used[0])
+            apps = self._query(first, "compute-apps=pid,used_memory")
+            others = sum(int(r[1]) for r in apps if len(r) == 2 and r[1].isdigit() and r[0] != me)
+            self.peak_others_mib = max(self.peak_others_mib, others)
             time.sleep(0.2)
 
     def __enter__(self):
@@ -294,6 +305,7 @@ def run_project(
     result["seq"] = seq
     result["prefix"] = cfg.ptuning.num_virtual_tokens if cfg.method == "ptuning" else 0
     result["peak_smi_gib"] = poll.peak_mib / 1024
+    result["peak_trainer_gib"] = poll.peak_others_mib / 1024  # the trainer process alone (nvidia-smi)
     # the trainer's own reading: PyTorch's reserved peak on rank 0 (no CUDA context)
     result["peak_reserved_gib"] = max((e.get("gpu_gib") or 0 for e in logs), default=0)
     result["first_loss"] = logs[0]["loss"] if logs else None
@@ -443,15 +455,19 @@ def main() -> None:
             # after every plan: a device call cut short still returns what finished
             (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
     (args.out / "train_throughput.json").write_text(json.dumps(results, indent=2))
-    # peak GiB on GPU 0: nvidia-smi (everything the card holds) and PyTorch's own figure
-    # (in-process recipes: allocated; the trainer: reserved by its allocator)
-    print(f"\n{'recipe':40} {'tokens/s':>9} {'step s':>7} {'MFU %':>6} {'smi GiB':>8} {'torch GiB':>9}")
+    # torch: PyTorch's own peak (in-process recipes: allocated; the trainer: reserved by its allocator)
+    # smi: the whole card by nvidia-smi; run: the trainer process alone by nvidia-smi (in-process
+    # recipes: the whole card, which only they use then)
+    print(
+        f"\n{'recipe':40} {'tokens/s':>9} {'step s':>7} {'MFU %':>6} {'smi GiB':>8} {'run GiB':>8}"
+        f" {'torch GiB':>9}"
+    )
     for r in results:
         mfu = 100 * mfu_fraction(r.get("tokens_per_s", 0) / r.get("gpus", 1), params, args.layers, r)
         torch_gib = r.get("peak_reserved_gib", r.get("peak_alloc_gib", 0.0))
         print(
             f"{r['recipe'][:40]:40} {r.get('tokens_per_s', 0):9.0f} {r.get('step_s', 0):7.3f} {mfu:6.1f}"
-            f" {r['peak_smi_gib']:8.1f} {torch_gib:9.1f}"
+            f" {r['peak_smi_gib']:8.1f} {r.get('peak_trainer_gib', r['peak_smi_gib']):8.1f} {torch_gib:9.1f}"
         )
 
 
