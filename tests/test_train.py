@@ -392,6 +392,28 @@ def test_lora_run_writes_progress_checkpoints_plot_and_adapter(tmp_path, tiny_mo
     assert profile.startswith("optimizer step 3") and "aten::mm" in profile  # the step's matrix products
 
 
+@pytest.mark.gpu
+def test_qlora_keeps_the_unquantized_weights_in_bf16_and_trains(tmp_path, tiny_model_dir):
+    """4-bit base layers, bf16 embeddings/output layer (not fp32 copies), and the loss goes down."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("needs CUDA and bitsandbytes")
+    cfg = trainer.load_config(make_config(tmp_path, tiny_model_dir, method="qlora", precision="bf16"))
+    model, _ = trainer.load_model_and_tokenizer(cfg, "bf16", True, False)
+    base = model.get_base_model()
+    assert base.lm_head.weight.dtype == base.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert any(type(m).__name__ == "Linear4bit" for m in base.modules())
+    del model, base
+    run_dir = tmp_path / "run"
+    config = make_config(tmp_path, tiny_model_dir, method="qlora", precision="bf16")
+    assert trainer.main([str(config), "--run-dir", str(run_dir)]) == 0
+    logs = [e for e in read_events(run_dir) if e["event"] == "log"]
+    assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["gpu_gib"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "ptuning"])
 def test_compiled_checkpointed_layers_train_like_eager_ones(tmp_path, tiny_model_dir, method):
