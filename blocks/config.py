@@ -431,10 +431,13 @@ def estimate_memory(
     switches = resolve_switches(cfg, cuda=cuda, bf16_supported=True)
     act_bytes = 4 if switches["precision"] == "fp32" else 2
     n_params = count_parameters(model_config)
-    weight_bytes = 0.55 if cfg.method == "qlora" else act_bytes  # nf4 + double-quant constants
     h, layers = c["hidden_size"], c.get("num_hidden_layers") or c.get("num_layers")
     inter = c.get("intermediate_size") or c.get("ffn_hidden_size") or 4 * h
     vocab = c.get("vocab_size") or c.get("padded_vocab_size")
+    weight_bytes = n_params * act_bytes
+    if cfg.method == "qlora":  # 4-bit decoder layers (nf4 + double-quant constants); embeddings stay bf16
+        embed = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
+        weight_bytes = (n_params - embed) * 0.55 + embed * act_bytes
     tokens = cfg.batch_size * (cfg.max_input_length + cfg.max_output_length)
     per_token_layer = (9 * h + 2 * inter) * act_bytes
     if cfg.method in ("lora", "qlora") and cfg.lora.dropout > 0:
@@ -464,7 +467,7 @@ def estimate_memory(
         else:
             logits = answer_tokens * vocab * act_bytes * 3 + rows * vocab * 4 * 3
     return MemoryEstimate(
-        weights=round(n_params * weight_bytes / gib, 2),
+        weights=round(weight_bytes / gib, 2),
         trainable=round(count_trainable(cfg, model_config) * 16 / gib, 2),
         activations=round(activations / gib, 2),
         logits=round(logits / gib, 2),
