@@ -305,10 +305,11 @@ def load_model_and_tokenizer(
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, **kwargs)  # never unpickle
     model_config = model.config.to_dict()
-    # QLoRA: no peft.prepare_model_for_kbit_training. It casts every weight left in bf16 to fp32: at
-    # GLM-4's vocabulary the embeddings and the output layer alone (1.24B parameters) grow by 2.3 GiB,
-    # and every loss chunk multiplied in fp32 (~10% of a 4-bit step, H200 profile). The base weights
-    # are frozen by PEFT as for LoRA, and the trainer's checkpointing needs no input gradients.
+    # QLoRA: no peft.prepare_model_for_kbit_training. It casts every weight left in bf16 to fp32
+    # (GLM-4: the 1.24B-parameter embeddings and output layer too), so every loss chunk multiplied in
+    # fp32. Without it, GLM-4-9B shape at 4 x 1024 on an H200: 9.9 GiB and 5,951 tokens/s, against
+    # ~14 GiB and 4,117 (benchmarks/RESULTS.md). PEFT freezes the base weights as for LoRA, and the
+    # trainer's (non-reentrant) checkpointing needs no input gradients.
     if cfg.init_adapter:
         model = PeftModel.from_pretrained(model, resolve_path(cfg.init_adapter), is_trainable=True)
     else:
