@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import threading
 import weakref
@@ -263,3 +264,50 @@ def test_cli_interactive_session_answers_and_resets(runs_dir, monkeypatch, capsy
     answers = [line.split("bot> ")[-1] for line in out.splitlines() if "bot> " in line]
     # After /reset the same question gets the same greedy answer.
     assert len(answers) == 2 and answers[0] == answers[1] != ""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chat_tab_loads_a_run_and_answers_in_the_browser(tiny_model_dir, tmp_path):
+    """A user's path in headless Chromium: pick the run, Load, ask greedily, read the streamed reply,
+    compare it with the base model's, Unload."""
+    from browser import ARTIFACTS, browser_page, running_app
+
+    data = tmp_path / "data"
+    train_tiny_adapter(
+        tiny_model_dir, data / "demo" / "runs" / "lora-run" / "adapter", "lora", run_id="lora-run"
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with running_app(data, env={"OMP_NUM_THREADS": "1"}) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="8 Chat").click()
+        page.get_by_role("button", name="Send", exact=True).click()  # nothing loaded yet: told what to do
+        page.get_by_text("Load a model first.").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Load", exact=True).click()
+        page.get_by_text("Loaded:").wait_for(timeout=120_000)
+        loaded = page.locator("p", has_text="Loaded:").inner_text()
+        assert "lora-run" in loaded, loaded
+        page.get_by_text("System prompt and sampling").click()
+        for name, value in (("Temperature", "0"), ("Max new tokens", "16"), ("Repetition penalty", "1")):
+            field = page.get_by_role("spinbutton", name=re.compile(name))  # greedy and short
+            field.fill(value)
+            field.press("Enter")
+        page.get_by_label("Your question").fill(QUESTION)
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.get_by_test_id("user").get_by_text(QUESTION).wait_for(timeout=30_000)
+        reply = page.get_by_test_id("bot").last
+        reply.wait_for(timeout=120_000)
+
+        # "Ask both" waits for the chat's generation (one at a time), then answers with and without the adapter
+        page.get_by_text("Compare base vs fine-tuned").click()
+        page.get_by_label("Question to compare").fill(QUESTION)
+        page.get_by_role("button", name="Ask both").click()
+        tuned = page.get_by_label("Fine-tuned model")
+        page.wait_for_function("el => el.value.length > 0", arg=tuned.element_handle(), timeout=120_000)
+        base = page.get_by_label("Base model", exact=True).input_value()
+        page.screenshot(path=str(ARTIFACTS / "chat-answer.png"), full_page=True)
+        assert reply.inner_text().strip() == tuned.input_value().strip() != ""  # greedy: the same reply
+        assert base != tuned.input_value()  # the adapter changes the answer (the random base: blank lines)
+
+        page.get_by_role("button", name="Unload").click()
+        page.get_by_text("Unloaded: memory freed.").wait_for(timeout=30_000)
