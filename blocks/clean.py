@@ -187,6 +187,21 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise storage_error(path, exc) from exc
 
 
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete the temporary files write_text_atomic left behind when its process was killed mid-write
+    (named .NAME.PID.THREAD.tmp, and PID is gone), so a rerun leaves the folder as a clean run would."""
+    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else ():
+        pid = tmp.name.rsplit(".", 3)[1] if tmp.name.count(".") >= 4 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive but not ours to signal: leave it
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line with a single write; readers ignore a torn last line after a crash."""
     data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -415,6 +430,7 @@ def clean_pages(
     template = settings.template()
     version = prompt_version(template)
     pages = read_pages(project.crawl_dir)
+    remove_stale_temp_files(project.clean_dir)
     state_file = project.clean_dir / "state.jsonl"
     state = read_state(state_file)
     report = RunReport("clean", total=len(pages))

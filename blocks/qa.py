@@ -46,6 +46,7 @@ from blocks.clean import (
     read_pages,
     read_prompt_file,
     read_state,
+    remove_stale_temp_files,
     run_cli,
     sha256_text,
     strip_fences,
@@ -377,6 +378,7 @@ def generate_qa(
         qa_t, judge_t if settings.judge else "", para_t if settings.variants else "", str(settings.variants)
     )
     pages = read_pages(project.crawl_dir)
+    remove_stale_temp_files(project.qa_dir)
     state = read_state(project.qa_dir / "state.jsonl")
     report = RunReport("qa", total=len(pages))
     todo = []

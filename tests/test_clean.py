@@ -172,3 +172,32 @@ def test_local_clean_fits_chunks_into_a_small_context(project, tiny_model_dir):
     assert report.failed + report.done == 3  # no ContextOverflowError: chunks were shrunk to fit
     assert all(not r.startswith("context_overflow") for r in report.failures.values())
     assert llm.loaded_local_models() == []  # released at the end of the run
+
+
+def test_a_rerun_removes_temp_files_that_a_killed_writer_left(tmp_path):
+    """write_text_atomic's temp file survives a SIGKILL between write and rename; the next run deletes
+    it if its writer is gone, and leaves the files of live writers (other threads, other processes)."""
+    import os
+    import subprocess
+    import sys
+
+    from blocks.clean import remove_stale_temp_files
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    folder = tmp_path / "qa"
+    (folder / "pages").mkdir(parents=True)
+    stale = [
+        folder / f".qa.jsonl.{dead_pid}.140142394153856.tmp",
+        folder / "pages" / f".000001.jsonl.{dead_pid}.7.tmp",
+    ]
+    live = [folder / f".qa.jsonl.{os.getpid()}.1.tmp", folder / f".state.jsonl.{os.getppid()}.2.tmp"]
+    kept = [folder / "qa.jsonl", folder / ".notes.tmp"]  # not write_text_atomic's pattern: never touched
+    for path in stale + live + kept:
+        path.write_text("x")
+    remove_stale_temp_files(folder)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in live + kept)
+    remove_stale_temp_files(tmp_path / "missing")  # a stage's first run: no folder yet
