@@ -92,7 +92,7 @@ def profile_static(fn) -> str:
         fn()
     events = prof.key_averages()
     launches = sum(e.count for e in events if "cudaGraphLaunch" in e.key)
-    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    sort = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     return f"CUDA graph launches: {launches}\n" + events.table(sort_by=sort, row_limit=15)
 
 

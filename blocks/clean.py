@@ -44,7 +44,7 @@ from blocks.llm import (
     run_requests,
     unload_local_models,
 )
-from blocks.workspace import CONFIGS_DIR, Project, WorkspaceError, get_project
+from blocks.workspace import CONFIGS_DIR, Project, WorkspaceError, get_project, pid_alive
 
 PROMPTS_DIR = CONFIGS_DIR / "prompts"
 PROMPT_NAMES = ("clean", "qa", "judge", "paraphrase")
@@ -192,14 +192,8 @@ def remove_stale_temp_files(folder: Path) -> None:
     (named .NAME.PID.THREAD.tmp, and PID is gone), so a rerun leaves the folder as a clean run would."""
     for tmp in folder.rglob(".*.tmp") if folder.is_dir() else ():
         pid = tmp.name.rsplit(".", 3)[1] if tmp.name.count(".") >= 4 else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive but not ours to signal: leave it
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import blocks.workspace as ws
 from blocks.models import REPO_ROOT
+from blocks.workspace import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -188,36 +189,6 @@ def trainer_command(config_path: Path, run_dir: Path, resume: bool = False, proc
 
 
 # ---------------------------------------------------------------- processes and files
-
-
-def pid_alive(pid: int | None, marker: str | None = None) -> bool:
-    """True if process `pid` runs (reaping it if it is our exited child); `marker` guards against pid reuse."""
-    if not pid:
-        return False
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False  # our child, exited just now: reaped, so it does not linger as a zombie
-    except ChildProcessError:
-        pass  # not our child (the app restarted): ask the kernel instead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            if ") Z" in (proc / "stat").read_text():
-                return False
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            # empty while a just-spawned child is still inside exec (seen right after Popen): not reuse
-            if marker and cmdline and marker not in cmdline:
-                return False  # the pid was reused by an unrelated process
-        except FileNotFoundError:
-            return False
-    return True
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

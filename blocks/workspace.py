@@ -140,3 +140,36 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pid_alive(pid: int | None, marker: str | None = None) -> bool:
+    """True if process `pid` runs (reaping it if it is our exited child); `marker` guards against pid reuse."""
+    if not pid:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False  # our child, exited just now: reaped, so it does not linger as a zombie
+    except ChildProcessError:
+        pass  # not our child (the app restarted): ask the kernel instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            if ") Z" in (proc / "stat").read_text():
+                return False
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            # empty while a just-spawned child is still inside exec (seen right after Popen): not reuse
+            if marker and cmdline and marker not in cmdline:
+                return False  # the pid was reused by an unrelated process
+        except FileNotFoundError:
+            return False
+    return True

@@ -213,14 +213,14 @@ def make_profile_callback(run_dir: Path, step: int):
                 self.prof = profile(
                     activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
                 )
-                self.prof.__enter__()
+                self.prof.start()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.prof is None or state.global_step != step:
                 return
             if cuda:
                 torch.cuda.synchronize()
-            self.prof.__exit__(None, None, None)
+            self.prof.stop()
             if state.is_world_process_zero:
                 sort = "self_device_time_total" if cuda else "self_cpu_time_total"
                 table = self.prof.key_averages().table(sort_by=sort, row_limit=30)
