@@ -1,0 +1,5 @@
+/* Mobile menu toggle */
+document.addEventListener('DOMContentLoaded', function () {
+  var nav = document.querySelector('.main-nav');
+  if (nav) { nav.classList.add('js-ready'); }
+});
