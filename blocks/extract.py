@@ -40,22 +40,34 @@ WIDER_CHARSET = {
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_:.\-]+)""", re.IGNORECASE)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
 
-# Elements that are page furniture, never content.
-_DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside", "iframe", "select",
-              "button", "input", "textarea", "template", "svg")  # fmt: skip
-# class/id tokens that mark furniture on campus CMSs (VSB/Webplus/TRS/WordPress); matched as a whole
-# token or as a dash/underscore-separated part of one ("arti-tools", "cookie-banner").
-_FURNITURE_WORDS = (
-    "nav|navbar|menu|submenu|breadcrumb|breadcrumbs|crumb|crumbs|location|position|sidebar|side|aside|"
-    "leftside|rightside|footer|foot|bottom|copyright|cookie|cookies|consent|gdpr|share|print|tools|toolbar|"
-    "prev|next|prevnext|pre_next|friend|friendlink|links|topbar|top|search|skip|login|qrcode|ewm|"
-    "leftbox|related|newsletter|feedback|alert|lm|pager|pagination|pb_sys_common"
-)
-_FURNITURE_RE = re.compile(rf"(?:^|[-_])(?:{_FURNITURE_WORDS})(?:$|[-_])", re.IGNORECASE)
-# Whole-token only: "header" must not remove "arti-header" that holds the article title.
-_FURNITURE_EXACT = {"header", "head", "banner", "top-bar", "related", "relate", "xgxw", "fenxiang"}
+# Elements that are never content.
+_DROP_TAGS = ("script", "style", "noscript", "iframe", "select", "input", "textarea", "template", "svg",
+              "link", "meta")  # fmt: skip
+# Elements that are page furniture by their tag, unless they hold most of the page's text.
+_FURNITURE_TAGS = ("nav", "header", "footer", "aside", "menu")
+# class/id words that name furniture on campus CMSs (VSB/Webplus/TRS/WordPress) and common themes.
+# A class or id is split into words at "-", "_" and camelCase; `_FURNITURE_PART` words mark furniture
+# wherever they appear ("cookie-banner", "main-nav"), `_FURNITURE_WHOLE` only as the whole name: "top"
+# and "next" are furniture as `id="top"`/`class="next"` but not in "margin-top" or `id="__next"`, and a
+# wrapper is never judged by its words alone (see _remove_furniture).
+_FURNITURE_PART = {
+    "nav", "navbar", "navigation", "menu", "submenu", "megamenu", "breadcrumb", "breadcrumbs", "crumb",
+    "crumbs", "sidebar", "footer", "copyright", "cookie", "cookies", "consent", "gdpr", "share", "sharing",
+    "social", "toolbar", "pagination", "pager", "friendlink", "newsletter", "subscribe", "qrcode",
+    "related", "relate", "advert", "ads", "skip", "prevnext", "comments",
+}  # fmt: skip
+_FURNITURE_WHOLE = {
+    "header", "head", "banner", "top", "topbar", "top-bar", "side", "aside", "leftside", "rightside",
+    "leftbox", "foot", "bottom", "links", "tools", "print", "prev", "next", "pre_next", "search", "login",
+    "location", "position", "lm", "ewm", "xgxw", "fenxiang", "pb_sys_common", "feedback", "alert",
+}  # fmt: skip
+# A leading word that negates the rest: `no-sidebar`, `has-sidebar` are page-layout flags on <body>.
+_FLAG_PREFIX = {"no", "has", "with", "without", "hide", "show", "is"}
+_WORD_SPLIT = re.compile(r"[-_\s]+|(?<=[a-z])(?=[A-Z])")
 # Tokens that mark the article itself: never drop these even if they also look like furniture.
-_CONTENT_RE = re.compile(r"content|article|arti|news|main|text|detail|zhengwen|vsb|wp_art", re.IGNORECASE)
+_CONTENT_RE = re.compile(r"content|article|arti|news|main|text|detail|zhengwen|vsb|wp_art|post|entry", re.I)
+# An element holding at least this share of the page's text is the page, whatever it is called.
+_MAIN_SHARE = 0.4
 
 # Lines that are CMS furniture in Chinese and English page templates.
 _FURNITURE_LINE = re.compile(
@@ -97,8 +109,14 @@ _CMS_BODY_XPATH = (
 _MENU_GLUE = re.compile(r"^[\s|｜·•/\\>»›\-–—、,，:：\[\]【】()（）]*$")
 _WORD_CHAR = re.compile(r"[^\W_]")
 _LAYOUT_INNER = ("table", "form", "div", "ul", "ol", "h1", "h2", "h3", "h4")
+_HEADING_TAGS = ("a", "h1", "h2", "h3", "h4", "h5", "h6", "body", "html")
 _BLOCK_TAGS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br", "table", "section",
-               "article", "blockquote", "pre", "dd", "dt", "ul", "ol", "td", "th"}  # fmt: skip
+               "article", "blockquote", "pre", "dd", "dt", "dl", "ul", "ol", "td", "th", "main", "form",
+               "figure", "figcaption", "header", "footer", "nav", "aside", "address", "fieldset", "hr",
+               "center", "details", "summary", "caption", "body", "html"}  # fmt: skip
+# Tokens for the density measures: one per CJK character, one per run of letters/digits otherwise.
+_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|[^\W_]+")
 
 
 @dataclass
@@ -133,9 +151,10 @@ def sniff_meta_charset(body: bytes) -> str | None:
 
 
 def decode_html(body: bytes, declared: str | None = None) -> tuple[str, str]:
-    """Decode page bytes: strict UTF-8, then the declared charset if strict, then a detector.
+    """Decode page bytes: BOM, strict UTF-8, the declared charset (a stray byte replaced), then a guess.
 
-    `declared` is the HTTP header's charset; the page's own meta tag is tried after it.
+    `declared` is the HTTP header's charset; the page's own meta tag is tried after it. A declared
+    charset is kept unless it leaves more than a few undecodable bytes (then it is wrong, not a typo).
     Returns (text, encoding used).
     """
     if body.startswith(codecs.BOM_UTF8):
@@ -144,13 +163,20 @@ def decode_html(body: bytes, declared: str | None = None) -> tuple[str, str]:
         return body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
+    high = sum(1 for b in body[:200_000] if b >= 0x80) or 1
     for candidate in (declared, sniff_meta_charset(body)):
         codec = normalize_charset(candidate)
-        if codec and codec != "utf-8":
-            try:
-                return body.decode(codec), codec
-            except UnicodeDecodeError:
-                continue  # a wrong declaration: let the detector decide
+        if not codec:
+            continue
+        text = body.decode(codec, "replace")
+        # One stray byte in a gb2312 page must not throw the whole page to a guesser.
+        if text.count("\ufffd") <= max(2, high // 200):
+            return text, codec
+    lossy = body.decode("utf-8", "replace")
+    if lossy.count("\ufffd") <= max(2, high // 200):  # UTF-8 with a stray byte
+        return lossy, "utf-8"
+    if _looks_gbk(body):
+        return body.decode("gb18030", "replace"), "gb18030"
     from charset_normalizer import from_bytes
 
     best = from_bytes(body[:200_000]).best()
@@ -161,18 +187,36 @@ def decode_html(body: bytes, declared: str | None = None) -> tuple[str, str]:
     return body.decode("utf-8", "replace"), "utf-8-lossy"
 
 
+def _looks_gbk(body: bytes) -> bool:
+    """True when the non-ASCII bytes are mostly GB2312 pairs (both bytes 0xA1-0xFE): undeclared Chinese.
+
+    Latin-1 text also decodes as GB18030, but its accented letters sit between ASCII bytes.
+    """
+    pairs = re.findall(rb"[\xa1-\xfe]{2}", body[:200_000])
+    high = sum(1 for b in body[:200_000] if b >= 0x80)
+    return len(pairs) >= 10 and 2 * len(pairs) >= 0.9 * high
+
+
 def _class_tokens(element) -> list[str]:
     return f"{element.get('class') or ''} {element.get('id') or ''}".split()
 
 
-def _is_furniture(element) -> bool:
-    """True for a container whose class/id names it as navigation, sidebar, footer, banner or tools."""
+def _is_furniture_name(element) -> bool:
+    """True for a class/id that names navigation, a sidebar, footer, banner or tool bar."""
     tokens = _class_tokens(element)
     if not tokens:
         return False
     if any(_CONTENT_RE.search(t) for t in tokens) and not any(t.lower().startswith("cookie") for t in tokens):
         return False
-    return any(t.lower() in _FURNITURE_EXACT or _FURNITURE_RE.search(t) for t in tokens)
+    for token in tokens:
+        if token.lower() in _FURNITURE_WHOLE:
+            return True
+        words = [w.lower() for w in _WORD_SPLIT.split(token) if w]
+        if words and words[0] in _FLAG_PREFIX:
+            continue
+        if any(w in _FURNITURE_PART for w in words):
+            return True
+    return False
 
 
 def _parse_tree(text: str):
@@ -205,20 +249,54 @@ def _page_title(tree) -> str:
     return h1[0] if h1 else ""
 
 
+def _text_sizes(root) -> dict:
+    """Characters of text (whitespace excluded) under each element, in one pass."""
+    sizes: dict = {}
+
+    def walk(el) -> int:
+        n = len("".join(el.text.split())) if el.text and isinstance(el.tag, str) else 0
+        for child in el:
+            n += walk(child)
+            if child.tail:
+                n += len("".join(child.tail.split()))
+        sizes[el] = n
+        return n
+
+    walk(root)
+    return sizes
+
+
 def _remove_furniture(tree) -> None:
-    """Drop scripts, navigation, sidebars, footers, cookie banners and CMS tool bars in place."""
-    # Accordion questions (FAQ pages) live in buttons: keep their text, drop the element only.
+    """Drop scripts, navigation, sidebars, footers, cookie banners and CMS tool bars in place.
+
+    Furniture is judged by tag or class/id name, but an element that holds most of the page's text
+    (a `<header>` or `id="top"` wrapped around the whole page) is kept: its furniture is judged inside.
+    """
+    import lxml.etree
+
+    # Accordion questions (FAQ pages) live in buttons, and some themes wrap a whole menu or page in one:
+    # keep the text of a button under a heading or with a paragraph's worth of text, drop the rest.
     for button in list(tree.iter("button")):
         parent = button.getparent()
-        if parent is not None and parent.tag in ("dt", "summary", "h2", "h3", "h4"):
+        if parent is None:
+            continue
+        if parent.tag in ("dt", "summary", "h2", "h3", "h4", "h5") or len(button.text_content()) > 80:
             button.drop_tag()
-    for element in list(tree.iter(*_DROP_TAGS)):
+        else:
+            button.drop_tree()
+
+    for element in list(tree.iter(*_DROP_TAGS, lxml.etree.Comment, lxml.etree.ProcessingInstruction)):
         if element.getparent() is not None:
             element.drop_tree()
-    for element in list(
-        tree.iter("div", "ul", "ol", "table", "td", "li", "section", "span", "p", "dl", "form")
-    ):
-        if element.getparent() is not None and _is_furniture(element):
+    body = tree.find("body")
+    root = body if body is not None else tree
+    sizes = _text_sizes(root)
+    total = sizes.get(root, 0) or 1
+    for element in list(root.iter()):
+        if not isinstance(element.tag, str) or element.getparent() is None or element is root:
+            continue
+        named = element.tag not in _HEADING_TAGS and _is_furniture_name(element)
+        if (element.tag in _FURNITURE_TAGS or named) and sizes.get(element, 0) < _MAIN_SHARE * total:
             element.drop_tree()
 
 
@@ -266,33 +344,82 @@ def _cms_body(tree):
     return None
 
 
-def _block_text(root) -> str:
-    """Plain text of a cleaned tree with one block element per line (the fallback extractor)."""
-    lines: list[str] = []
-    buffer: list[str] = []
+@dataclass
+class Line:
+    """One paragraph of a cleaned page: its text and how many of its words are link labels."""
+
+    text: str
+    words: int
+    link_words: int
+
+
+def block_lines(root) -> tuple[list[Line], dict]:
+    """The paragraphs of a cleaned tree (one per block element) and each block element's line range."""
+    lines: list[Line] = []
+    spans: dict = {}
+    buffer: list[tuple[str, bool]] = []
 
     def flush() -> None:
-        line = " ".join("".join(buffer).split())
-        if line:
-            lines.append(line)
+        text = " ".join("".join(t for t, _ in buffer).split())
+        if text:
+            words = len(_WORD.findall(text))
+            link_words = len(_WORD.findall(" ".join(t for t, in_link in buffer if in_link)))
+            lines.append(Line(text, words, min(words, link_words)))
         buffer.clear()
 
-    def walk(el) -> None:
+    def walk(el, in_link: bool) -> None:
         tag = el.tag if isinstance(el.tag, str) else ""
-        if tag in _BLOCK_TAGS:
+        in_link = in_link or tag == "a"
+        block = tag in _BLOCK_TAGS
+        if block:
             flush()
+            start = len(lines)
         if el.text and tag:
-            buffer.append(el.text)
+            buffer.append((el.text, in_link))
         for child in el:
-            walk(child)
+            walk(child, in_link)
             if child.tail:
-                buffer.append(child.tail)
-        if tag in _BLOCK_TAGS:
+                buffer.append((child.tail, in_link))
+        if block:
             flush()
+            spans[el] = (start, len(lines))
 
-    walk(root)
+    walk(root, False)
     flush()
-    return "\n".join(lines)
+    return lines, spans
+
+
+def line_weight(line: Line) -> float:
+    """How much a paragraph looks like content: its plain words, less its link words and a per-line cost."""
+    return (line.words - line.link_words) - LINK_COST * line.link_words - LINE_COST
+
+
+# Weights of the density measure: a link word counts against a block as much as a plain word for it,
+# and every line costs a few words (menus and footers are many short lines).
+LINK_COST = 1.0
+LINE_COST = 3.0
+
+
+def densest_block(lines: list[Line], spans: dict) -> tuple[int, int]:
+    """The line range of the block element whose paragraphs weigh most (plain text minus link text).
+
+    A maximum-weight subtree: the article's container beats the page (which adds menus and footers,
+    negative) and beats any one paragraph of it (which leaves the rest of the article out).
+    """
+    prefix = [0.0]
+    for line in lines:
+        prefix.append(prefix[-1] + line_weight(line))
+    best, best_span = float("-inf"), (0, len(lines))
+    for start, end in spans.values():
+        score = prefix[end] - prefix[start]
+        if score > best:
+            best, best_span = score, (start, end)
+    return best_span
+
+
+def _block_text(root) -> str:
+    """Plain text of a cleaned tree with one block element per line."""
+    return "\n".join(line.text for line in block_lines(root)[0])
 
 
 def clean_lines(text: str, title: str = "") -> str:
@@ -318,9 +445,58 @@ def clean_lines(text: str, title: str = "") -> str:
     return "\n".join(out)
 
 
+def _main_text(tree, url: str | None) -> str:
+    """The main text of a cleaned page: our densest block, reconciled with trafilatura's choice."""
+    import trafilatura
+
+    # Only outside a CMS body: inside one, a list of short links is content (a service index).
+    _remove_menus(tree)
+    body_el = tree.find("body")
+    root = body_el if body_el is not None else tree
+    lines, spans = block_lines(root)
+    start, end = densest_block(lines, spans)
+    # fast=True: our densest block plays the part of trafilatura's slower fallback extractors.
+    picked = trafilatura.extract(
+        tree, url=url, fast=True, include_comments=False, include_tables=True, deduplicate=False
+    )
+    return reconcile(lines[start:end], picked or "")
+
+
+def text_size(text: str) -> float:
+    """Words of a text, counting 2.5 CJK characters as one word (a Chinese word is about that long)."""
+    cjk = len(_CJK_CHAR.findall(text))
+    return len(_WORD.findall(text)) - cjk + cjk / 2.5
+
+
+def reconcile(dense: list[Line], picked: str) -> str:
+    """Merge our densest block with trafilatura's text (one paragraph per line).
+
+    Where they disagree on where the article is, the larger wins unless it is merely part of the
+    other; where trafilatura took a good share of our block, its precision wins; where it took only
+    a little (it drops short paragraphs, forum replies, lists), our block is kept less its short and
+    link-heavy lines that trafilatura also left out.
+    """
+    dense_text = "\n".join(line.text for line in dense)
+    picked_lines = [" ".join(line.split()) for line in picked.splitlines() if line.strip()]
+    size_picked = sum(text_size(line) for line in picked_lines)
+    size_dense = text_size(dense_text)
+    if not picked_lines:
+        return dense_text
+    inside = sum(text_size(line) for line in picked_lines if line in dense_text)
+    if inside < 0.5 * size_picked:
+        return picked if size_picked > 0.5 * size_dense else dense_text
+    if size_dense <= 1.5 * size_picked:
+        return picked
+    picked_text = "\n".join(picked_lines)
+    return "\n".join(
+        line.text
+        for line in dense
+        if line.text in picked_text or (text_size(line.text) >= 12 and line.link_words <= 0.3 * line.words)
+    )
+
+
 def read_html(body: bytes, url: str | None = None, declared_charset: str | None = None) -> HtmlPage:
     """Decode and parse one HTML document: main text, title, links, canonical, refresh, login form."""
-    import trafilatura
 
     text, encoding = decode_html(body, declared_charset)
     tree = _parse_tree(text)
@@ -348,16 +524,7 @@ def read_html(body: bytes, url: str | None = None, declared_charset: str | None 
     if cms_body is not None:
         main = _block_text(cms_body)
     else:
-        # Only outside a CMS body: inside one, a list of short links is content (a service index).
-        _remove_menus(tree)
-        body_el = tree.find("body")
-        fallback = _block_text(body_el if body_el is not None else tree)
-        extracted = trafilatura.extract(
-            tree, url=url, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
-        )
-        # trafilatura drops short-paragraph pages (typical of Chinese notices); keep ours when it found
-        # much less than the cleaned page holds.
-        main = extracted if extracted and len(extracted) >= 0.5 * len(fallback) else fallback
+        main = _main_text(tree, url)
     return HtmlPage(
         text=clean_lines(main, title),
         title=title,
