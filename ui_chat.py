@@ -9,7 +9,7 @@ from blocks.chat import (
     ChatError,
     GenParams,
     LoadedModel,
-    build_messages,
+    ask_messages,
     list_checkpoints,
     list_runs,
     load_model,
@@ -17,6 +17,7 @@ from blocks.chat import (
     unload_model,
 )
 from blocks.export import ExportError, default_export_dir, export_model
+from blocks.index import RetrievalError, cited_hits, has_index
 from blocks.workspace import WorkspaceError, check_name, confine_path, get_project
 from ui_common import UIContext
 
@@ -67,6 +68,21 @@ def build_tab(ctx: UIContext) -> None:
             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
             max_new = gr.Slider(16, 2048, value=256, step=16, label=L("Max new tokens", "最大生成长度"))
             rep = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label=L("Repetition penalty", "重复惩罚"))
+    try:
+        indexed = has_index(get_project(ctx.project.value))
+    except WorkspaceError:
+        indexed = False
+    retrieve = gr.Checkbox(
+        value=indexed,
+        label=L(
+            "Answer from the site's pages and cite them (retrieval index)",
+            "根据网站页面回答并给出来源（检索索引）",
+        ),
+        info=L(
+            "On when the project has an index (built after crawl/clean, or: python -m blocks.index).",
+            "项目有索引时默认开启（爬取/清洗后自动建立，或运行 python -m blocks.index）。",
+        ),
+    )
     chatbot = gr.Chatbot(type="messages", label=L("Conversation", "对话"), height=420)
     with gr.Row():
         question = gr.Textbox(label=L("Your question", "你的问题"), scale=5, lines=1)
@@ -169,11 +185,12 @@ def build_tab(ctx: UIContext) -> None:
             raise gr.Error(pick(lang, "Load a model first.", "请先加载模型。"))
         return loaded
 
-    def on_send(text, history, sys_prompt, temp, tp, mx, rp, loaded, lang):
+    def on_send(text, history, sys_prompt, temp, tp, mx, rp, use_index, loaded, project, lang):
         loaded = require_model(loaded, lang)
         history = list(history or [])
         try:
-            messages = build_messages(history, text, sys_prompt or "")
+            grounded_in = get_project(project) if use_index else None
+            messages, hits = ask_messages(history, text, sys_prompt or "", grounded_in)
             loaded.stop_event.clear()
             stream = stream_reply(loaded, messages, params_of(temp, tp, mx, rp), stop_event=loaded.stop_event)
             history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
@@ -181,8 +198,25 @@ def build_tab(ctx: UIContext) -> None:
             for piece in stream:
                 history[-1]["content"] += piece
                 yield "", history
-        except ChatError as exc:
+            if hits:
+                links = "\n".join(
+                    f"[{n}] [{h.passage.title or h.passage.url}]({h.passage.url})"
+                    for n, h in enumerate(cited_hits(history[-1]["content"], hits), 1)
+                )
+                history[-1]["content"] += "\n\n" + pick(lang, "**Sources:**", "**来源：**") + "\n" + links
+                yield "", history
+        except RetrievalError as exc:
+            raise gr.Error(
+                pick(lang, f"{exc} Or untick the retrieval box.", f"{exc} 或取消勾选检索选项。")
+            ) from exc
+        except (ChatError, WorkspaceError) as exc:
             raise gr.Error(str(exc)) from exc
+
+    def on_project(project: str):
+        try:
+            return gr.update(value=has_index(get_project(project)))
+        except WorkspaceError:
+            return gr.update(value=False)
 
     def on_stop(loaded):
         if loaded is not None:
@@ -193,7 +227,7 @@ def build_tab(ctx: UIContext) -> None:
         if loaded.adapter is None:
             raise gr.Error(pick(lang, "Compare needs a fine-tuned checkpoint.", "对比需要加载微调检查点。"))
         try:
-            messages = build_messages([], text, sys_prompt or "")
+            messages, _ = ask_messages([], text, sys_prompt or "")
             params = params_of(temp, tp, mx, rp)
             loaded.stop_event.clear()
             answers = ["", ""]
@@ -239,7 +273,20 @@ def build_tab(ctx: UIContext) -> None:
         [loaded_state, status],
     )
     unload_btn.click(on_unload, [loaded_state, ctx.lang], [loaded_state, status])
-    chat_inputs = [question, chatbot, system, temperature, top_p, max_new, rep, loaded_state, ctx.lang]
+    ctx.project.change(on_project, ctx.project, retrieve, show_progress="hidden")
+    chat_inputs = [
+        question,
+        chatbot,
+        system,
+        temperature,
+        top_p,
+        max_new,
+        rep,
+        retrieve,
+        loaded_state,
+        ctx.project,
+        ctx.lang,
+    ]
     send_btn.click(on_send, chat_inputs, [question, chatbot])
     question.submit(on_send, chat_inputs, [question, chatbot])
     stop_btn.click(on_stop, loaded_state, None, queue=False, show_progress="hidden")

@@ -4,6 +4,10 @@
     python -m blocks.chat --adapter data/demo/runs/RUN/adapter --prompt "When does the library open?"
     python -m blocks.chat --adapter data/demo/runs/RUN/checkpoint-200 --model /new/path/to/base
     python -m blocks.chat --adapter data/demo/runs/RUN/adapter        # interactive; /reset, /exit
+    python -m blocks.chat --adapter data/demo/runs/RUN/adapter --project demo --retrieve --prompt "..."
+
+With --retrieve the question is answered from the passages of the project's retrieval index
+(blocks.index) that match it best, and after the reply one line per cited source is printed: [n] URL.
 
 An adapter folder holds `umtcds_adapter.json` (see docs/CONTRACTS.md): the base model path it was
 trained on and that model's fingerprint. If the base model moved, pass its new path with --model;
@@ -552,7 +556,36 @@ def compare_replies(
     return base, tuned
 
 
-def run_interactive(loaded: LoadedModel, params: GenParams, system_prompt: str) -> None:
+def ask_messages(history: list[dict], question: str, system_prompt: str = "", project=None):
+    """(messages, hits): the chat to send and, with a project, the passages it is grounded in."""
+    if project is None:
+        return build_messages(history, question, system_prompt), []
+    from blocks.index import grounded_messages, retrieve
+
+    build_messages([], question)  # the empty-question check, before the search
+    hits = retrieve(project, question)
+    return grounded_messages(history, question.strip(), hits, system_prompt), hits
+
+
+def answer_and_print(loaded, history, question, params, system_prompt="", project=None) -> str:
+    """Stream one reply to stdout, then (when grounded) one line per cited source: [n] URL."""
+    from blocks.index import cited_hits, format_sources
+
+    messages, hits = ask_messages(history, question, system_prompt, project)
+    stream = stream_reply(loaded, messages, params)
+    try:
+        for piece in stream:
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        stream.stop()
+    print(flush=True)
+    answer = stream.reply.text if stream.reply else ""
+    if hits:
+        print(format_sources(cited_hits(answer, hits)), flush=True)
+    return answer
+
+
+def run_interactive(loaded: LoadedModel, params: GenParams, system_prompt: str, project=None) -> None:
     """A terminal chat: streams each reply; /reset forgets the history, /exit (or Ctrl-D) quits."""
     history: list[dict] = []
     print(f"Loaded {loaded.describe()}. Type /reset to start over, /exit to quit.", flush=True)
@@ -569,16 +602,8 @@ def run_interactive(loaded: LoadedModel, params: GenParams, system_prompt: str) 
             continue
         if not question:
             continue
-        messages = build_messages(history, question, system_prompt)
         print("bot> ", end="", flush=True)
-        stream = stream_reply(loaded, messages, params)
-        try:
-            for piece in stream:
-                print(piece, end="", flush=True)
-        except KeyboardInterrupt:
-            stream.stop()
-        print(flush=True)
-        answer = stream.reply.text if stream.reply else ""
+        answer = answer_and_print(loaded, history, question, params, system_prompt, project)
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
@@ -597,20 +622,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--project", default=None, help="project whose retrieval index --retrieve uses")
+    parser.add_argument(
+        "--retrieve", action="store_true", help="answer from the project's pages and list the cited URLs"
+    )
     args = parser.parse_args(argv)
     params = GenParams(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
+    from blocks.index import RetrievalError, load_index
+    from blocks.workspace import WorkspaceError, get_project
+
     try:
         params.check()
+        project = None
+        if args.retrieve:
+            project = get_project(args.project or "demo")
+            load_index(project)  # no index: say so before the (slow) model load
+        elif args.project:
+            raise ChatError("--project is used with --retrieve: add --retrieve to answer from its pages.")
         # Check the question before the (slow) model load.
-        messages = build_messages([], args.prompt, args.system) if args.prompt is not None else None
+        if args.prompt is not None:
+            build_messages([], args.prompt, args.system)
         loaded = load_model(args.model, args.adapter, args.device)
-        if messages is not None:
-            for piece in stream_reply(loaded, messages, params):
-                print(piece, end="", flush=True)
-            print()
+        if args.prompt is not None:
+            answer_and_print(loaded, [], args.prompt, params, args.system, project)
         else:
-            run_interactive(loaded, params, args.system)
-    except ChatError as exc:
+            run_interactive(loaded, params, args.system, project)
+    except (ChatError, RetrievalError, WorkspaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

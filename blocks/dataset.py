@@ -12,6 +12,14 @@ model's tokenizer and chat template, exactly as training renders them.
     python -m blocks.dataset --project demo --split 7:2:1 --seed 7 --system "You are Eastlake's assistant."
     python -m blocks.dataset --project demo --cite-source --model models/smollm2-135m-instruct
     python -m blocks.dataset --project demo --check                  # validate the existing dataset files
+    python -m blocks.dataset --project demo --rewordings 0 --no-retrieval   # plain pairs only
+
+Knowledge augmentation (on by default): each pair's question is also asked in a few rewordings
+(polite frames, a keyword-only form; `--rewordings N`), and each original pair appears once more
+retrieval-aware (RAFT): its question behind the passages the project's retrieval index (blocks.index)
+finds for it, the source page's passage among them, so the tuned model learns to answer from pages
+and, for a share of pairs whose passages are all taken away, to say that the pages do not say.
+Rewordings and retrieval records keep their pair's group, so they sit in the same split.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ class QAPair:
     origin: str = ""  # "file:line" the pair was read from, for messages and provenance
     id: str = ""
     chunk_id: str = ""
+    variant_of: str = ""  # id of the pair this one rewords (QA generation's paraphrases)
+    kind: str = "pair"  # "pair", "reworded" (made here), "raft" (question behind retrieved passages)
 
 
 @dataclass
@@ -82,6 +92,9 @@ class DatasetOptions:
     max_answer_chars: int = 4000
     max_input_length: int = 512  # tokens of system+user turns (the config's max input length)
     max_output_length: int = 512  # tokens of the assistant turn (the config's max output length)
+    rewordings: int = 3  # extra phrasings of each question made by rule (0 = none)
+    retrieval: bool = True  # add retrieval-aware (RAFT) records built from the project's index
+    raft_negatives: float = 0.1  # share of RAFT records whose passages lack the answer ("pages do not say")
 
 
 @dataclass
@@ -175,6 +188,7 @@ def _pair_from_object(obj: object, where: str, problems: list[str]) -> QAPair | 
         origin=where,
         id=str(obj.get("id") or ""),
         chunk_id=str(obj.get("chunk_id") or ""),
+        variant_of=str(obj.get("variant_of") or ""),
     )
 
 
@@ -271,6 +285,161 @@ def clean_pairs(pairs: Iterable[QAPair], options: DatasetOptions) -> CleanResult
     return CleanResult(kept, dict(drops))
 
 
+# ---------------------------------------------------------------- pure core: augmentation
+
+_EN_FRAMES = (
+    "Can you tell me {lower}",
+    "I'd like to know: {q}",
+    "Quick question - {lower}",
+    "{q} Thanks!",
+    "Hi, {lower}",
+)
+_ZH_FRAMES = ("请问，{q}", "我想知道：{q}", "你好，{q}", "{q}谢谢！", "问一下，{q}")
+_KEYWORD_STOP = set(  # question words stay: "when" and "how much" are what is asked
+    "a an the of to in on at for and or is are was were be been by with as it its this that from do does did "
+    "can could will would should i me my we our you your there their has have had any".split()
+)
+
+
+def _is_chinese(text: str) -> bool:
+    return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= max(2, len(text) // 5)
+
+
+def keyword_question(question: str) -> str:
+    """The question as a student types it into a search box: content words only ('library Saturday hours?')."""
+    words = re.findall(r"[\w'’:.\-]+", question.rstrip("?？ "))
+    kept = [w for w in words if w.lower() not in _KEYWORD_STOP]
+    return " ".join(kept) + "?" if len(kept) >= 2 else ""
+
+
+def reword_question(question: str, n: int, seed: int = 0) -> list[str]:
+    """Up to n rule-made rewordings of a question (frames and a keyword form), deterministic per question.
+
+    They teach the tuned model that the same fact is asked in many ways; they never change a fact,
+    since the question's own words are kept.
+    """
+    if n <= 0:
+        return []
+    q = question.strip()
+    if _is_chinese(q):
+        candidates = [f.format(q=q) for f in _ZH_FRAMES]
+    else:
+        lower = q[0].lower() + q[1:] if q[:2] != q[:2].upper() else q
+        candidates = [f.format(q=q, lower=lower) for f in _EN_FRAMES]
+        keyword = keyword_question(q)
+        if keyword:
+            candidates.insert(0, keyword)
+    rng = random.Random(f"{seed}\n{q}")
+    head, rest = candidates[:1], candidates[1:]
+    rng.shuffle(rest)
+    out = []
+    seen = {normalise_text(q)}
+    for c in head + rest:
+        if normalise_text(c) not in seen:
+            seen.add(normalise_text(c))
+            out.append(c)
+        if len(out) == n:
+            break
+    return out
+
+
+def augment_pairs(pairs: list[QAPair], options: DatasetOptions) -> list[QAPair]:
+    """The pairs plus `options.rewordings` rule-made rewordings of each question (same answer and source)."""
+    out: list[QAPair] = []
+    asked = {normalise_text(p.question) for p in pairs}
+    for pair in pairs:
+        out.append(pair)
+        for text in reword_question(pair.question, options.rewordings, options.seed):
+            if normalise_text(text) in asked:
+                continue
+            asked.add(normalise_text(text))
+            out.append(
+                QAPair(
+                    **{
+                        **asdict(pair),
+                        "question": text,
+                        "variant_of": pair.id or pair.question,
+                        "kind": "reworded",
+                    }
+                )
+            )
+    return out
+
+
+def rewording_counts(records: list[dict]) -> dict:
+    """How many rewordings each fact of these chat records has (a fact = an original pair; rewordings and
+    QA generation's paraphrases name it in meta.variant_of)."""
+    facts: Counter[str] = Counter()
+    for r in records:
+        meta = r.get("meta", {})
+        if meta.get("kind", "pair") == "pair" and not meta.get("variant_of"):
+            facts[meta.get("id") or _user_text(r)] += 0
+    for r in records:
+        key = r.get("meta", {}).get("variant_of")
+        if key and key in facts:
+            facts[key] += 1
+    values = list(facts.values())
+    histogram = Counter(values)
+    return {
+        "facts": len(values),
+        "min": min(values) if values else 0,
+        "mean": round(sum(values) / len(values), 2) if values else 0,
+        "max": max(values) if values else 0,
+        "facts_with_n_rewordings": {str(k): histogram[k] for k in sorted(histogram)},
+    }
+
+
+def _answer_support(answer: str, passage_text: str) -> float:
+    from blocks.index import tokenize
+
+    want = set(tokenize(answer))
+    if not want:
+        return 0.0
+    have = set(tokenize(passage_text))
+    weight = {u: (2.0 if any(c.isdigit() for c in u) else 1.0) for u in want}
+    return sum(weight[u] for u in want & have) / sum(weight.values())
+
+
+def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tuple[QAPair, list]]:
+    """(pair, passages) for each original pair: the passages retrieval finds for its question, with the
+    source page's best-supporting passage put among them when the search missed it; for a seeded share
+    (`raft_negatives`) every passage of the source page is withheld and the answer becomes 'the pages do
+    not say'."""
+    from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit
+
+    rng = random.Random(options.seed)
+    out = []
+    for pair in pairs:
+        if pair.kind != "pair" or pair.variant_of:
+            continue
+        if options.raft_negatives > 0 and rng.random() < options.raft_negatives and pair.source:
+            sources = {p.source for p in index.passages if p.url == pair.source}
+            hits = index.search(pair.question, TOP_K, exclude=sources)
+            if hits:
+                answer = NOT_FOUND_ZH if _is_chinese(pair.question) else NOT_FOUND_EN
+                out.append((QAPair(**{**asdict(pair), "answer": answer, "kind": "raft"}), hits))
+                continue
+        hits = index.search(pair.question, TOP_K)
+        own = [
+            h
+            for h in hits
+            if h.passage.url == pair.source and _answer_support(pair.answer, h.passage.text) >= 0.5
+        ]
+        if not own and pair.source:
+            candidates = [
+                (_answer_support(pair.answer, p.text), p) for p in index.passages_of_url(pair.source)
+            ]
+            candidates = [c for c in candidates if c[0] >= 0.5]
+            if candidates:
+                gold = max(candidates, key=lambda c: c[0])[1]
+                hits = [h for h in hits if h.passage.id != gold.id][: TOP_K - 1] + [Hit(gold, 0.0)]
+        if not hits:
+            continue
+        rng.shuffle(hits)  # the answer's passage is not always first
+        out.append((QAPair(**{**asdict(pair), "kind": "raft"}), hits))
+    return out
+
+
 def assign_splits(
     group_sizes: dict[str, int], ratios: tuple[float, float, float], seed: int
 ) -> dict[str, str]:
@@ -312,8 +481,11 @@ def is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
-def build_record(pair: QAPair, group: str, options: DatasetOptions) -> dict:
-    """The chat record training reads: messages plus provenance in meta."""
+def build_record(pair: QAPair, group: str, options: DatasetOptions, passages: list | None = None) -> dict:
+    """The chat record training reads: messages plus provenance in meta.
+
+    With `passages` (retrieval hits), the user turn is the grounded question chat and serve send.
+    """
     answer = pair.answer
     if options.cite_source and is_url(pair.source):
         answer = f"{answer}\n\nSource: {pair.source}"
@@ -322,7 +494,12 @@ def build_record(pair: QAPair, group: str, options: DatasetOptions) -> dict:
         if options.system_prompt.strip()
         else []
     )
-    messages += [{"role": "user", "content": pair.question}, {"role": "assistant", "content": answer}]
+    user = pair.question
+    if passages is not None:
+        from blocks.index import grounded_question
+
+        user = grounded_question(pair.question, passages)
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     meta = {
         "id": pair.id,
         "source": pair.source,
@@ -330,18 +507,34 @@ def build_record(pair: QAPair, group: str, options: DatasetOptions) -> dict:
         "chunk_id": pair.chunk_id,
         "origin": pair.origin,
         "group": group,
+        "kind": pair.kind,
     }
+    if pair.variant_of:
+        meta["variant_of"] = pair.variant_of
+    if passages is not None:
+        meta["passages"] = [h.passage.url for h in passages]
     return {"messages": messages, "meta": meta}
 
 
-def split_records(pairs: list[QAPair], options: DatasetOptions) -> dict[str, list[dict]]:
-    """Group, split and render the cleaned pairs into chat records per split (input order kept)."""
+def split_records(pairs: list[QAPair], options: DatasetOptions, index=None) -> dict[str, list[dict]]:
+    """Group, split and render the cleaned pairs into chat records per split (input order kept).
+
+    Train also gets the rewordings of its pairs and, with a retrieval `index`, their RAFT records;
+    dev and test keep the pairs as written (what evaluation asks).
+    """
     groups = [group_of(p) for p in pairs]
     sizes = Counter(groups)
     where = assign_splits(dict(sizes), options.ratios, options.seed)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for pair, group in zip(pairs, groups, strict=True):
         out[where[group]].append(build_record(pair, group, options))
+    train = [p for p, g in zip(pairs, groups, strict=True) if where[g] == "train"]
+    for pair in augment_pairs(train, options):
+        if pair.kind == "reworded":
+            out["train"].append(build_record(pair, group_of(pair), options))
+    if index is not None:
+        for pair, hits in raft_pairs(train, index, options):
+            out["train"].append(build_record(pair, group_of(pair), options, hits))
     return out
 
 
@@ -696,7 +889,24 @@ def check_options(options: DatasetOptions) -> None:
     for name in ("max_question_chars", "max_answer_chars", "max_input_length", "max_output_length"):
         if getattr(options, name) < 1:
             raise DatasetError(f"{name} is {getattr(options, name)}: it must be at least 1.")
+    if not 0 <= options.rewordings <= 10:
+        raise DatasetError(f"rewordings is {options.rewordings}: use 0 (none) to 10.")
+    if not 0 <= options.raft_negatives <= 0.5:  # NaN fails both comparisons too
+        raise DatasetError(f"raft_negatives is {options.raft_negatives}: use a share from 0 to 0.5.")
     parse_split_ratios(":".join(str(r) for r in options.ratios))
+
+
+def _project_index(project_dir: Path):
+    """(index, note): the project's retrieval index, refreshed first; (None, why) when there is none."""
+    from blocks.index import RetrievalError, SearchIndex, build_index, read_passages
+    from blocks.workspace import Project
+
+    project = Project(Path(project_dir))
+    try:
+        build_index(project)
+    except RetrievalError as exc:
+        return None, f"off: {exc}"
+    return SearchIndex(read_passages(project)), None
 
 
 def build_dataset(
@@ -740,8 +950,12 @@ def build_dataset(
         raise DatasetError(
             f"No usable QA pairs in {', '.join(p.name for p in paths)} (dropped: {drops or 'none read'}).{hint}"
         )
+    index, index_note = None, None
+    if options.retrieval:
+        progress(0.1, "retrieval index")
+        index, index_note = _project_index(project_dir)
     progress(0.2, "splitting")
-    splits = split_records(cleaned.kept, options)
+    splits = split_records(cleaned.kept, options, index)
     record_problems = [p for s in SPLITS for p in check_records(splits[s], f"{s}.jsonl")]
     if record_problems:
         raise DatasetValidationError(record_problems)  # a bug here, not bad input: never write it
@@ -767,6 +981,11 @@ def build_dataset(
             for s in SPLITS
         },
         "pairs_per_source": count_pairs_per_source(cleaned.kept),
+        "records_by_kind": {
+            s: dict(Counter(r["meta"].get("kind", "pair") for r in splits[s])) for s in SPLITS
+        },
+        "rewordings": rewording_counts(splits["train"]),
+        "retrieval": index_note or ("on" if index is not None else "off"),
         "cited": sum(1 for p in cleaned.kept if options.cite_source and is_url(p.source)),
         "tokens": token_stats,
         "llamafactory_datasets": list(make_dataset_info(project_dir.name)),
@@ -797,6 +1016,12 @@ def format_summary(report: DatasetReport) -> str:
         + ", ".join(f"{s} {v['records']} ({v['groups']} groups)" for s, v in stats["splits"].items())
     )
     lines.append(f"read {stats['read']}, kept {stats['kept']}; dropped: {stats['drops'] or 'none'}")
+    rw = stats.get("rewordings") or {}
+    if rw.get("facts"):
+        lines.append(
+            f"train: {rw['facts']} facts, rewordings per fact min {rw['min']} / mean {rw['mean']} / max {rw['max']}; "
+            f"records by kind {stats['records_by_kind']['train']}; retrieval {stats.get('retrieval')}"
+        )
     for problem in stats["problems"][:10]:
         lines.append(f"  problem: {problem}")
     tokens = stats["tokens"]
@@ -840,6 +1065,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-question-chars", type=int, default=1000, help="longer questions are dropped")
     parser.add_argument("--max-answer-chars", type=int, default=4000, help="longer answers are dropped")
     parser.add_argument(
+        "--rewordings", type=int, default=3, help="rule-made rewordings per question in train (default 3)"
+    )
+    parser.add_argument(
+        "--no-retrieval", action="store_true", help="no retrieval-aware (RAFT) records in train"
+    )
+    parser.add_argument(
+        "--raft-negatives",
+        type=float,
+        default=0.1,
+        help="share of RAFT records whose passages lack the answer (default 0.1)",
+    )
+    parser.add_argument(
         "--preview", type=int, default=0, help="print this many records as training sees them"
     )
     parser.add_argument("--check", action="store_true", help="only validate the existing dataset files")
@@ -862,6 +1099,9 @@ def main(argv: list[str] | None = None) -> int:
             max_answer_chars=args.max_answer_chars,
             max_input_length=args.max_input_length,
             max_output_length=args.max_output_length,
+            rewordings=args.rewordings,
+            retrieval=not args.no_retrieval,
+            raft_negatives=args.raft_negatives,
         )
         report = build_dataset(
             project.root, inputs or None, options, args.model, preview_count=max(args.preview, 0)

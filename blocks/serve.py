@@ -3,6 +3,11 @@
     python -m blocks.serve --adapter data/demo/runs/RUN/adapter                 # http://127.0.0.1:8000/v1
     python -m blocks.serve --model models/smollm2-135m-instruct --port 8001
     UMTCDS_API_KEY=secret python -m blocks.serve --adapter ... --host 0.0.0.0   # clients send Bearer secret
+    python -m blocks.serve --adapter data/demo/runs/RUN/adapter --project demo  # grounded in demo's pages
+
+With --project, each question is answered from the passages the project's retrieval index finds
+for it (blocks.index), and the reply ends with its sources ("Sources:" then one "[n] URL" line each);
+the non-streamed response also lists them as `sources` ([{url, title}]).
 
 Any OpenAI client works: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")`, with
 `model` set to the id listed by /v1/models. Requests are answered one at a time in arrival order
@@ -70,8 +75,38 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: int = 512):
-    """The FastAPI app answering with `loaded`; with `api_key`, every request needs `Bearer <api_key>`."""
+def ground(messages: list[dict], project) -> tuple[list[dict], list]:
+    """(messages with the last user turn put behind its retrieved passages, the passages)."""
+    from blocks.index import grounded_messages, retrieve
+
+    if project is None or not messages or messages[-1].get("role") != "user":
+        return messages, []
+    question = messages[-1]["content"]
+    if not isinstance(question, str) or not question.strip():
+        return messages, []
+    hits = retrieve(project, question)
+    system = [m for m in messages[:1] if m.get("role") == "system"]
+    grounded = grounded_messages(
+        messages[len(system) : -1], question, hits, system[0]["content"] if system else ""
+    )
+    return grounded, hits
+
+
+def sources_text(reply: str, hits: list) -> tuple[str, list[dict]]:
+    """The 'Sources:' block appended to a grounded reply, and the cited passages as {url, title}."""
+    from blocks.index import cited_hits, format_sources
+
+    cited = cited_hits(reply, hits)
+    if not cited:
+        return "", []
+    return "\n\nSources:\n" + format_sources(cited), [
+        {"url": h.passage.url, "title": h.passage.title} for h in cited
+    ]
+
+
+def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: int = 512, project=None):
+    """The FastAPI app answering with `loaded`; with `api_key`, every request needs `Bearer <api_key>`;
+    with `project`, answers are grounded in its retrieval index and cite their sources."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -119,20 +154,23 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
                 error_body("messages must be a list.", "invalid_request_error"), status_code=400
             )
         try:
-            stream = stream_reply(loaded, to_messages(body["messages"]), to_params(body, max_new_tokens))
+            messages, hits = ground(to_messages(body["messages"]), project)
+            stream = stream_reply(loaded, messages, to_params(body, max_new_tokens))
         except (ChatError, TypeError, ValueError) as exc:
             return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = sse_events(stream, reply_id, created, model_id, include_usage)
+            events = sse_events(stream, reply_id, created, model_id, include_usage, hits)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
             text = "".join(stream)
         except ChatError as exc:
             return JSONResponse(error_body(str(exc), "server_error"), status_code=500)
         reply = stream.reply
+        extra, sources = sources_text(text, hits)
+        text += extra
         return {
             "id": reply_id,
             "object": "chat.completion",
@@ -141,7 +179,11 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        **({"sources": sources} if hits else {}),
+                    },
                     "finish_reason": reply.finish_reason,
                     "logprobs": None,
                 }
@@ -161,8 +203,10 @@ def usage(reply) -> dict:
     }
 
 
-def sse_events(stream, reply_id: str, created: int, model_id: str, include_usage: bool) -> Iterator[str]:
-    """Server-sent events of one streamed reply, ending with `data: [DONE]`."""
+def sse_events(
+    stream, reply_id: str, created: int, model_id: str, include_usage: bool, hits: list | None = None
+) -> Iterator[str]:
+    """Server-sent events of one streamed reply (its sources last when grounded), ending with `data: [DONE]`."""
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
@@ -171,8 +215,10 @@ def sse_events(stream, reply_id: str, created: int, model_id: str, include_usage
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    pieces = []
     try:
         for piece in stream:
+            pieces.append(piece)
             yield chunk({"content": piece})
     except ChatError as exc:
         # Headers are already sent: report in-band, which OpenAI clients raise as APIError.
@@ -180,6 +226,10 @@ def sse_events(stream, reply_id: str, created: int, model_id: str, include_usage
         return
     finally:
         stream.stop()  # a client that hung up ends the generation too
+    if hits:
+        extra, _ = sources_text("".join(pieces), hits)
+        if extra:
+            yield chunk({"content": extra})
     yield chunk({}, stream.reply.finish_reason)
     if include_usage:
         data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
@@ -244,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-new-tokens", type=int, default=512, help="default reply length limit")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument(
+        "--project", default=None, help="ground answers in this project's pages and cite them"
+    )
     args = parser.parse_args(argv)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -258,14 +311,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"Refusing to serve on {args.host} without an API key: anyone who reaches the port could use "
                 f"the model. Pass --api-key KEY (or set {API_KEY_ENV}), or --insecure-no-auth if you mean it."
             )
+        project = None
+        if args.project:
+            from blocks.index import load_index
+            from blocks.workspace import get_project
+
+            project = get_project(args.project)
+            load_index(project)  # no index: say so before the slow model load
         sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast on a taken port
         loaded = load_model(args.model, args.adapter, args.device)
-    except (ChatError, ServeError) as exc:
+    except (ChatError, ServeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
-    app = create_app(loaded, api_key, args.max_new_tokens)
+    app = create_app(loaded, api_key, args.max_new_tokens, project)
     print(f"Serving {loaded.describe()}", flush=True)
     print(f"OpenAI base_url: http://{args.host}:{args.port}/v1   model: {loaded.name}", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])

@@ -9,6 +9,14 @@ Writes RUN_DIR/eval/metrics.json and RUN_DIR/eval/predictions.jsonl.
     python -m finetune.evaluate data/demo/runs/RUN_ID
     python -m finetune.evaluate data/demo/runs/RUN_ID --adapter data/demo/runs/RUN_ID/checkpoint-40 --limit 20
     python -m finetune.evaluate RUN_DIR --test data/demo/dataset/test.jsonl --base models/smollm2-135m-instruct
+    python -m finetune.evaluate RUN_DIR --questions reworded.jsonl --project demo   # what users feel
+
+With --questions (JSONL: question, answer, optional key_facts and source_url; questions worded the way
+students ask, never trained on), each question is answered four ways as `blocks.chat` answers it:
+base, tuned, base + retrieval and tuned + retrieval (retrieval: the project's index, blocks.index).
+Scores: the share of replies holding every key fact, and for the retrieval modes the share whose
+first cited source is the question's source page. Written to eval/reworded.json (metrics.json keeps
+the test-split scores and gains a "reworded" summary).
 """
 
 from __future__ import annotations
@@ -207,8 +215,10 @@ def answer_facts(reference: str, question: str = "") -> list[str]:
 
 
 def normalise_for_match(text: str) -> str:
-    """Lower case without spaces, so '8 : 00' and '8:00' or 'Building  A' match."""
-    return re.sub(r"\s+", "", text.lower())
+    """Lower case without spaces or thousands separators, so '8 : 00' and '8:00', '1,200' and '1200',
+    or 'Building  A' and 'building a' match."""
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())
+    return re.sub(r"\s+", "", text)
 
 
 def fact_hits(answer: str, facts: list[str]) -> list[bool]:
@@ -440,6 +450,157 @@ def evaluate_run(
     return metrics
 
 
+# ---------------------------------------------------------------- reworded questions (what users feel)
+
+MODES = ("base", "tuned", "base+retrieval", "tuned+retrieval")
+
+
+@dataclass
+class Question:
+    """A question worded the way a student asks it, with what a right reply must contain."""
+
+    question: str
+    answer: str
+    key_facts: list[str]
+    source_url: str
+
+
+def load_questions(path: Path, site: str | None = None) -> list[Question]:
+    """Questions from JSONL; `site` replaces the placeholder host 'http://SITE' in source URLs."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"Questions file {path} does not exist.")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{path.name}:{lineno}: not valid JSON ({exc.msg}).") from exc
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("question"), str)
+            or not rec["question"].strip()
+        ):
+            raise EvaluationError(f"{path.name}:{lineno}: needs a 'question' string.")
+        answer = rec.get("answer") if isinstance(rec.get("answer"), str) else ""
+        facts = rec.get("key_facts")
+        facts = [str(f) for f in facts if str(f).strip()] if isinstance(facts, list) else []
+        if not facts:
+            facts = answer_facts(answer, rec["question"])
+        if not facts:
+            raise EvaluationError(f"{path.name}:{lineno}: no key_facts given and none found in the answer.")
+        url = rec.get("source_url") if isinstance(rec.get("source_url"), str) else ""
+        if site and url.startswith("http://SITE"):
+            url = site.rstrip("/") + url[len("http://SITE") :]
+        out.append(Question(rec["question"].strip(), answer, facts, url))
+    if not out:
+        raise EvaluationError(f"Questions file {path} holds no questions.")
+    return out
+
+
+def same_page(a: str, b: str) -> bool:
+    """URLs naming the same page (scheme, host case, trailing slash and query order ignored)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    def key(u: str):
+        p = urlsplit(u.strip())
+        return (p.netloc.lower(), p.path.rstrip("/") or "/", sorted(parse_qsl(p.query)))
+
+    return bool(a and b) and key(a) == key(b)
+
+
+def evaluate_questions(
+    adapter_dir: str | Path,
+    questions: list[Question],
+    project=None,
+    base: str | None = None,
+    modes: tuple[str, ...] = MODES,
+    max_new_tokens: int = 128,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Answer each question in each mode exactly as `blocks.chat` does (greedy) and score the replies."""
+    from blocks.chat import GenParams, generate_reply, load_model
+    from blocks.index import cited_hits, grounded_messages, load_index
+
+    if any(m.endswith("+retrieval") for m in modes):
+        if project is None:
+            raise EvaluationError("The retrieval modes need a project with an index: pass --project NAME.")
+        index = load_index(project)
+    loaded = load_model(base, adapter_dir)
+    params = GenParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    rows = [{"question": q.question, "key_facts": q.key_facts, "source_url": q.source_url} for q in questions]
+    summary = {}
+    total = len(modes) * len(questions)
+    done = 0
+    for mode in modes:
+        use_adapter = mode.startswith("tuned")
+        grounded = mode.endswith("+retrieval")
+        if use_adapter and loaded.adapter is None:
+            continue
+        all_facts, cited_right = [], []
+        for q, row in zip(questions, rows, strict=True):
+            hits = index.search(q.question) if grounded else []
+            messages = (
+                grounded_messages([], q.question, hits)
+                if grounded
+                else [{"role": "user", "content": q.question}]
+            )
+            reply = generate_reply(loaded, messages, params, use_adapter=use_adapter).text
+            hits_ok = all(fact_hits(reply, q.key_facts))
+            all_facts.append(hits_ok)
+            row[mode] = {"reply": reply, "facts": hits_ok}
+            if grounded:
+                cited = cited_hits(reply, hits)
+                right = bool(cited) and same_page(cited[0].passage.url, q.source_url)
+                cited_right.append(right)
+                row[mode]["cited"] = [h.passage.url for h in cited]
+                row[mode]["retrieved_source"] = any(same_page(h.passage.url, q.source_url) for h in hits)
+            done += 1
+            if on_progress:
+                on_progress(mode, done, total)
+        summary[mode] = {
+            "facts_all": sum(all_facts) / len(all_facts),
+            "n": len(all_facts),
+            **(
+                {
+                    "citation_accuracy": sum(cited_right) / len(cited_right),
+                    "source_retrieved": sum(r[mode]["retrieved_source"] for r in rows) / len(rows),
+                }
+                if grounded
+                else {}
+            ),
+        }
+    from blocks.chat import unload_model
+
+    unload_model(loaded)
+    return {"summary": summary, "rows": rows}
+
+
+def write_reworded(run_dir: Path, result: dict, questions_file: Path) -> None:
+    """eval/reworded.json (every reply) and a "reworded" summary inside eval/metrics.json."""
+    eval_dir = Path(run_dir) / "eval"
+    payload = {"questions_file": str(questions_file), "created_at": time.time(), **result}
+    write_atomic(eval_dir / "reworded.json", json.dumps(payload, ensure_ascii=False, indent=1))
+    metrics_file = eval_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    metrics["reworded"] = {"questions_file": str(questions_file), **result["summary"]}
+    write_atomic(metrics_file, json.dumps(metrics, ensure_ascii=False, indent=1))
+
+
+def format_reworded(summary: dict) -> str:
+    """One line per mode: key facts, and for retrieval modes the citation accuracy."""
+    lines = [f"{'mode':18s} {'all facts':>9s} {'cites page':>10s} {'retrieved':>9s}"]
+    for mode, s in summary.items():
+        if not isinstance(s, dict):
+            continue
+        cite = f"{s['citation_accuracy']:10.3f}" if "citation_accuracy" in s else f"{'':10s}"
+        found = f"{s['source_retrieved']:9.3f}" if "source_retrieved" in s else ""
+        lines.append(f"{mode:18s} {s['facts_all']:9.3f} {cite} {found}  (n={s['n']})")
+    return "\n".join(lines)
+
+
 def format_metrics(metrics: dict) -> str:
     """A small side-by-side table of tuned vs base scores."""
     lines = [f"{'metric':14s} {'tuned':>8s} {'base':>8s}"]
@@ -464,6 +625,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="base model folder, if it moved since training")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--questions", type=Path, default=None, help="JSONL of reworded questions (instead of the test split)"
+    )
+    parser.add_argument(
+        "--project", default=None, help="project whose retrieval index the +retrieval modes use"
+    )
+    parser.add_argument("--site", default=None, help="replaces http://SITE in the questions' source URLs")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -474,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     def report(name: str, done: int, total: int) -> None:
         print(f"\r{name}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
+    if args.questions is not None:
+        return _main_questions(args, report)
     try:
         metrics = evaluate_run(
             args.run_dir,
@@ -491,6 +664,35 @@ def main(argv: list[str] | None = None) -> int:
     print(file=sys.stderr)
     print(format_metrics(metrics))
     print(f"wrote {args.run_dir / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def _main_questions(args, report) -> int:
+    from blocks.chat import ChatError
+    from blocks.index import RetrievalError
+    from blocks.workspace import WorkspaceError, get_project
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        print(f"error: unknown mode(s) {unknown}: choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    try:
+        questions = load_questions(args.questions, args.site)
+        if args.limit:
+            questions = questions[: args.limit]
+        project = get_project(args.project) if args.project else None
+        adapter = args.adapter or args.run_dir / "adapter"
+        result = evaluate_questions(
+            adapter, questions, project, args.base, modes, args.max_new_tokens, report
+        )
+    except (EvaluationError, ChatError, RetrievalError, WorkspaceError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    write_reworded(args.run_dir, result, args.questions)
+    print(format_reworded(result["summary"]))
+    print(f"wrote {args.run_dir / 'eval' / 'reworded.json'}")
     return 0
 
 
