@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 CountTokens = Callable[[str], int]
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=[.!?])\s+")
+# A sentence ends at 。！？ or at . ! ? followed by a space and a capital/digit/quote ("4.6万" stays whole).
+_FACT_END = re.compile(r"(?<=[。！？])|(?<=[.!?])\s+(?=[A-Z0-9(\"'“‘])")
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,8 @@ def chunk_text(text: str, max_tokens: int, count: CountTokens, overlap_tokens: i
     if current and fresh:
         chunks.append(Chunk(len(chunks), "\n".join(p for p, _ in current), size(current)))
     return chunks
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text`, one paragraph at a time (decimals and times are never cut)."""
+    return [s.strip() for para in split_paragraphs(text) for s in _FACT_END.split(para) if s and s.strip()]

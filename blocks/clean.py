@@ -33,6 +33,7 @@ from blocks.llm import (
     ChatClient,
     ClientSettings,
     EmptyOutputError,
+    Heartbeat,
     LLMConnectionError,
     LLMError,
     LocalClient,
@@ -47,7 +48,7 @@ from blocks.llm import (
 from blocks.workspace import CONFIGS_DIR, Project, WorkspaceError, get_project, pid_alive
 
 PROMPTS_DIR = CONFIGS_DIR / "prompts"
-PROMPT_NAMES = ("clean", "qa", "judge", "paraphrase")
+PROMPT_NAMES = ("clean", "qa", "judge", "paraphrase", "question")
 
 
 class StageInputError(ValueError):
@@ -122,18 +123,59 @@ class RunReport:
     stopped: bool = False
     finished: bool = False
     started: float = field(default_factory=time.monotonic)
+    # Progress inside pages: requests of the main phase ("chunks" or "sentences") and model tokens.
+    units: str = "chunks"
+    units_total: int = 0
+    units_done: int = 0
+    new_tokens: int = 0
+    generation_s: float = 0.0
+    work_started: float | None = None  # when the first request was sent (model loading excluded)
 
     @property
     def processed(self) -> int:
         return self.done + self.failed + self.skipped
 
+    @property
+    def tokens_per_s(self) -> float | None:
+        """New tokens per second of the local model so far (None for API backends)."""
+        return self.new_tokens / self.generation_s if self.new_tokens and self.generation_s > 0 else None
+
+    def note_tokens(self, beat) -> None:
+        """Count a blocks.llm.Heartbeat (tokens written and seconds since the previous one)."""
+        self.new_tokens += beat.tokens
+        self.generation_s += beat.seconds
+
+    def start_work(self, units: str, total: int) -> None:
+        """The main phase is about to send `total` requests of kind `units`."""
+        self.units, self.units_total, self.units_done = units, total, 0
+        self.work_started = time.monotonic()
+
     def eta_s(self) -> float | None:
-        """Seconds left, from the rate of pages sent so far (skipped pages cost nothing)."""
+        """Seconds left: from the rate of requests (chunks) when known, else of pages sent so far."""
+        if self.units_total and self.work_started is not None:
+            if self.units_done == 0 or self.units_done >= self.units_total:
+                return None if self.units_done == 0 else 0.0
+            spent = time.monotonic() - self.work_started
+            return spent / self.units_done * (self.units_total - self.units_done)
         worked = self.done + self.failed
         left = self.total - self.processed
         if worked == 0:
             return None
         return (time.monotonic() - self.started) / worked * left
+
+    def progress_line(self, lang: str = "en") -> str:
+        """Signs of life inside pages: requests done of all, tokens/s (empty before any work)."""
+        if not self.units_total:
+            return ""
+        names = {"chunks": "文本块", "sentences": "句子"}
+        unit = names.get(self.units, self.units) if lang == "zh" else self.units
+        text = f"{self.units_done}/{self.units_total} {unit}"
+        rate = self.tokens_per_s
+        if rate is not None:
+            text += f", {rate:.1f} tok/s" + (
+                f" ({self.new_tokens} 个 token)" if lang == "zh" else f" ({self.new_tokens} tokens)"
+            )
+        return text
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -154,6 +196,8 @@ class RunReport:
             )
         if self.stage == "qa":
             text += f"; {self.pairs} QA pairs written" if lang != "zh" else f"；写入问答对 {self.pairs} 条"
+        if self.progress_line(lang):
+            text += ("；" if lang == "zh" else "; ") + self.progress_line(lang)
         if self.drops:
             text += "; dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.drops.items()))
         if self.failures:
@@ -477,6 +521,8 @@ def _clean_todo(project, client, settings, todo, template, version, size, max_ne
     """Send the chunks of `todo` pages in waves and write each page as soon as its chunks are back."""
     state_file = project.clean_dir / "state.jsonl"
     wave_chunks = max(settings.concurrency, getattr(client, "batch_size", 1)) * 4
+    report.start_work("chunks", sum(len(chunk_text(text, size, client.count_tokens)) for _, text, _ in todo))
+    yield report
     pos = 0
     while pos < len(todo):
         wave, requests, owner, n_chunks = [], [], [], 0
@@ -497,9 +543,14 @@ def _clean_todo(project, client, settings, todo, template, version, size, max_ne
                 )
                 owner.append((len(wave) - 1, c.index))
             n_chunks += len(chunks)
-        for i, result in run_requests(client, requests, settings.concurrency, policy, stop):
+        for i, result in run_requests(client, requests, settings.concurrency, policy, stop, heartbeat=1.0):
+            if isinstance(result, Heartbeat):
+                report.note_tokens(result)
+                yield report
+                continue
             item = wave[owner[i][0]]
             report.requests_done += 1
+            report.units_done += 1
             check_fatal(result, report)
             text = "" if isinstance(result, LLMError) else strip_fences(strip_think(result))
             if not isinstance(result, LLMError) and not text.strip():
@@ -609,8 +660,12 @@ def run_cli(stage_run, argv_args) -> int:
         for report in stage_run(stop):
             eta = report.eta_s()
             eta_text = f" ETA {eta:.0f}s" if eta is not None else ""
+            inside = f", {report.progress_line()}" if report.progress_line() else ""
             print(
-                f"\r{report.processed}/{report.total} pages{eta_text}   ", end="", file=sys.stderr, flush=True
+                f"\r{report.processed}/{report.total} pages{inside}{eta_text}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
             )
     except KeyboardInterrupt:
         stop.set()

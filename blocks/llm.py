@@ -449,8 +449,13 @@ def generate_ids(
     min_new_tokens=0,
     static_rows: int = 0,
     max_width: int = 0,
+    stop: StopSignal | None = None,
+    on_tokens: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each.
+
+    `on_tokens(n)` is told after every decoding step how many new tokens the unfinished rows wrote (a
+    progress signal for long batches); once `stop.is_set()` every row ends after its current token.
 
     `static_rows` > 0 decodes with a static KV cache through `decode_static` (on CUDA the decoding
     step is compiled and replayed as a CUDA graph: several times faster for big batches). Every new
@@ -473,7 +478,15 @@ def generate_ids(
     device = next(model.parameters()).device
     if static_rows:
         new = decode_static(
-            model, ids.to(device), mask.to(device), max_new_tokens, pad_id, temperature, min_new_tokens
+            model,
+            ids.to(device),
+            mask.to(device),
+            max_new_tokens,
+            pad_id,
+            temperature,
+            min_new_tokens,
+            stop,
+            on_tokens,
         )
         return [_until_eos(row, model, pad_id) for row in new.cpu()[:count].tolist()]
     sampling = (
@@ -481,6 +494,9 @@ def generate_ids(
         if temperature > 0
         else {"do_sample": False}
     )
+    watch = []
+    if stop is not None or on_tokens is not None:
+        watch = [_watcher(width, _eos_ids(model), stop, on_tokens)]
     with torch.no_grad():
         out = model.generate(
             input_ids=ids.to(device),
@@ -488,9 +504,27 @@ def generate_ids(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             pad_token_id=pad_id,
+            stopping_criteria=watch or None,
             **sampling,
         )
     return [row[width:].tolist() for row in out.cpu()[:count]]
+
+
+def _watcher(width: int, eos_ids: list[int], stop: StopSignal | None, on_tokens):
+    """A generate() stopping criterion that reports new tokens each step and ends every row on Stop."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Watch(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, width:]
+            if on_tokens is not None:
+                finished_before = torch.isin(new[:, :-1], torch.tensor(eos_ids or [-1])).any(-1)
+                on_tokens(int((~finished_before).sum()))
+            stopped = stop is not None and stop.is_set()
+            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+    return Watch()
 
 
 def _eos_ids(model) -> list[int]:
@@ -512,7 +546,17 @@ _STATIC_CACHES: dict = {}  # (id(model), rows, length) -> StaticCache, reused: s
 _STATIC_LOCK = threading.Lock()  # one static decode at a time: the caches and CUDA graphs are shared
 
 
-def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperature=0.0, min_new_tokens=0):
+def decode_static(
+    model,
+    ids,
+    mask,
+    max_new_tokens: int,
+    pad_id: int,
+    temperature=0.0,
+    min_new_tokens=0,
+    stop: StopSignal | None = None,
+    on_tokens=None,
+):
     """New tokens [rows, max_new_tokens] for a left-padded batch, decoded with a static KV cache.
 
     The prompt is prefilled eagerly; each following step feeds one token per row with fixed shapes
@@ -521,10 +565,12 @@ def decode_static(model, ids, mask, max_new_tokens: int, pad_id: int, temperatur
     at the tokens only every 16 steps to stop early once every row has ended.
     """
     with _STATIC_LOCK:
-        return _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens)
+        return _decode_static(
+            model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens, stop, on_tokens
+        )
 
 
-def _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens):
+def _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_new_tokens, stop, on_tokens):
     import torch
 
     rows, width = ids.shape
@@ -552,6 +598,11 @@ def _decode_static(model, ids, mask, max_new_tokens, pad_id, temperature, min_ne
             done |= torch.isin(token, eos)
             if index == max_new_tokens - 1 or (index % 16 == 15 and bool(done.all())):
                 break
+            if index % 16 == 15:  # the host looks only every 16 steps (a look waits for the GPU)
+                if on_tokens is not None:
+                    on_tokens(16 * int((~done).sum()))
+                if stop is not None and stop.is_set():
+                    break
             logits = step(
                 token[:, None],
                 full_mask,
@@ -681,6 +732,11 @@ class LocalClient:
         model, _ = load_local_model(self.model_path)
         return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
 
+    @property
+    def n_parameters(self) -> int:
+        model, _ = load_local_model(self.model_path)
+        return sum(p.numel() for p in model.parameters())
+
     def count_tokens(self, text: str) -> int:
         _, tokenizer = load_local_model(self.model_path)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -695,9 +751,19 @@ class LocalClient:
         return self.chat_batch([messages], max_tokens, temperature)[0]
 
     def chat_batch(
-        self, batch: list[Messages], max_tokens: int = 1024, temperature: float = 0.3
+        self,
+        batch: list[Messages],
+        max_tokens: int = 1024,
+        temperature: float = 0.3,
+        stop: StopSignal | None = None,
+        on_tokens: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Answer several conversations in one left-padded generate() call; order is kept."""
+        """Answer several conversations in one left-padded generate() call; order is kept.
+
+        Raises StoppedError when `stop` is set before or during the batch (checked between tokens).
+        """
+        if stop is not None and stop.is_set():
+            raise StoppedError("stopped by the user")
         with _LOCAL_LOCK:
             model, tokenizer = load_local_model(self.model_path)
             prompts = [self.encode_chat(m) for m in batch]
@@ -720,6 +786,8 @@ class LocalClient:
                     temperature,
                     static_rows=self.batch_size if static else 0,
                     max_width=limit - max_tokens,
+                    stop=stop,
+                    on_tokens=on_tokens,
                 )
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
@@ -727,6 +795,8 @@ class LocalClient:
                     f"GPU out of memory generating {len(prompts)} answers at once: lower the batch size "
                     "or the chunk size, or unload the model held by another tab"
                 ) from exc
+        if stop is not None and stop.is_set():
+            raise StoppedError("stopped by the user (mid-batch: the partial answers are dropped)")
         texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
         return texts
 
@@ -792,6 +862,14 @@ def chat_with_retry(
 
 
 @dataclass
+class Heartbeat:
+    """A sign of life from run_requests during a long local batch: tokens written since the last one."""
+
+    tokens: int
+    seconds: float
+
+
+@dataclass
 class Request:
     """One chat request of a batch run."""
 
@@ -807,12 +885,15 @@ def run_requests(
     policy: RetryPolicy = RetryPolicy(),
     stop: StopSignal | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[tuple[int, str | LLMError]]:
+    heartbeat: float | None = None,
+) -> Iterator[tuple[int, str | LLMError | Heartbeat]]:
     """Yield (index, answer or LLMError) as requests finish; a failure never stops the others.
 
     HTTP clients run `concurrency` requests at a time with retries; a LocalClient runs
-    length-sorted batches of its batch_size (similar lengths waste little padding).
-    When `stop` is set no new request starts; requests already sent finish in the background.
+    length-sorted batches of its batch_size (similar lengths waste little padding) and, with
+    `heartbeat` seconds given, also yields (-1, Heartbeat) that often while a batch is generating.
+    When `stop` is set no new request starts; a local batch ends between two tokens (its requests are
+    not yielded), HTTP requests already sent finish in the background.
     """
     if isinstance(client, LocalClient):
         order = sorted(range(len(requests)), key=lambda i: -len(json.dumps(requests[i].messages)))
@@ -821,11 +902,16 @@ def run_requests(
             if stop is not None and stop.is_set():
                 return
             group = order[start : start + size]
-            first = requests[group[0]]
+            # a batch's budget is the largest of its requests' (they differ when asks differ in size)
+            first = max((requests[i] for i in group), key=lambda r: r.max_tokens)
+            batch = [requests[i].messages for i in group]
             try:
-                texts = client.chat_batch(
-                    [requests[i].messages for i in group], first.max_tokens, first.temperature
-                )
+                if heartbeat is None:
+                    texts = client.chat_batch(batch, first.max_tokens, first.temperature, stop=stop)
+                else:
+                    texts = yield from _batch_with_heartbeat(client, batch, first, stop, heartbeat)
+            except StoppedError:
+                return
             except LLMError as exc:
                 for i in group:
                     yield i, exc
@@ -863,6 +949,40 @@ def run_requests(
                     yield i, exc
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _batch_with_heartbeat(client: LocalClient, batch, request: Request, stop, every: float):
+    """Run one local batch in a worker thread, yielding (-1, Heartbeat) every `every` seconds; returns
+    the answers (the generator's return value) or raises the batch's error."""
+    import torch
+
+    threads = torch.get_num_threads()  # a new thread starts with the default count: keep the caller's
+    written = [0]
+
+    def work():
+        torch.set_num_threads(threads)
+        return client.chat_batch(
+            batch,
+            request.max_tokens,
+            request.temperature,
+            stop=stop,
+            on_tokens=lambda n: written.__setitem__(0, written[0] + n),
+        )
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+    try:
+        future = pool.submit(work)
+        reported, last = 0, time.monotonic()
+        while True:
+            done, _ = wait([future], timeout=every)
+            now, tokens = time.monotonic(), written[0]
+            if tokens > reported or done:
+                yield -1, Heartbeat(tokens - reported, now - last)
+                reported, last = tokens, now
+            if done:
+                return future.result()
+    finally:
+        pool.shutdown(wait=True)
 
 
 def main(argv: list[str] | None = None) -> int:

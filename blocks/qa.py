@@ -8,7 +8,7 @@ Each finished page is written atomically to qa/pages/<id>.jsonl and recorded in 
 qa/qa.jsonl is rebuilt from those files (atomically) after every wave and at the end, so a crash
 never leaves half a line and a rerun adds only the missing pages, without duplicates.
 
-    python -m blocks.qa --project demo --backend local                   # embedded SmolLM2
+    python -m blocks.qa --project demo --backend local                   # embedded SmolLM2 (sentence method)
     python -m blocks.qa --project demo --backend zhipu --variants 2      # key: ZHIPUAI_API_KEY
     python -m blocks.qa --project demo --backend openai --base-url http://127.0.0.1:8000/v1 --model qwen --judge
     python -m blocks.qa --project demo --source raw --prompt-lang en
@@ -21,10 +21,11 @@ import hashlib
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blocks.chunking import Chunk, chunk_text
+from blocks.chunking import Chunk, chunk_text, split_sentences
 from blocks.clean import (
     Page,
     RunReport,
@@ -55,6 +56,7 @@ from blocks.clean import (
 )
 from blocks.llm import (
     ChatClient,
+    Heartbeat,
     LLMError,
     LocalClient,
     Request,
@@ -91,23 +93,42 @@ class QAPair:
     variant_of: str | None = None
 
 
+METHODS = ("auto", "passage", "sentence")
+SMALL_MODEL_PARAMETERS = 1_000_000_000  # below this a local model gets the sentence method (see QASettings)
+DEFAULT_VARIANTS = 2  # paraphrases per question for API and bigger models (variants=None)
+SENTENCE_CHUNK_TOKENS = 256  # sentence method: chunks this small, so max_questions rarely leaves facts out
+QUESTION_TOKENS = 48  # sentence method: new tokens for one question
+
+
 @dataclass
 class QASettings:
-    """How pairs are generated (the client is separate)."""
+    """How pairs are generated (the client is separate).
+
+    method "passage" asks the model for `n` JSON pairs per chunk (needs a model that follows
+    instructions: API models, 7B+ local ones). method "sentence" asks, for each fact sentence of the page,
+    only for the question that sentence answers (a few-shot prompt, ~20 new tokens); the answer is the
+    sentence itself, so it is grounded by construction: what a 135M model can do well. "auto" picks
+    "sentence" for local models under 1B parameters, else "passage". variants None = DEFAULT_VARIANTS
+    paraphrases per question for "passage" models, 0 for the sentence method (the embedded 135M
+    model's paraphrases drop or change the facts: measured in benchmarks/qa_offline.py).
+    """
 
     prompt: str = ""  # empty = default in prompt_lang
     prompt_lang: str = "zh"
     source: str = "auto"  # auto: cleaned text where it exists, else the crawl text
+    method: str = "auto"
+    question_prompt: str = ""  # sentence method; empty = default in the fact's language
     chunk_tokens: int = 800
     overlap_tokens: int = 80
     tokens_per_question: int = 80
     max_questions: int = 8
-    max_new_tokens: int = 1024
+    new_tokens_per_question: int = 64  # passage method: the answer budget is 32 + n x this ...
+    max_new_tokens: int = 1024  # ... capped here
     temperature: float = 0.3
     grounding_threshold: float = 0.5
     judge: bool = False
     judge_prompt: str = ""
-    variants: int = 0  # extra phrasings per question
+    variants: int | None = None  # extra phrasings per question; None = by method (see above)
     paraphrase_prompt: str = ""
     concurrency: int = 4
     overwrite: bool = False
@@ -117,17 +138,21 @@ class QASettings:
         """Return self, or raise StageInputError naming the setting that cannot work."""
         if self.source not in SOURCES:
             raise StageInputError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if self.method not in METHODS:
+            raise StageInputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         check_numbers(
             chunk_tokens=(self.chunk_tokens, 16, 1_000_000),
             overlap_tokens=(self.overlap_tokens, 0, 1_000_000),
             tokens_per_question=(self.tokens_per_question, 1, 1_000_000),
             max_questions=(self.max_questions, 1, 100),
+            new_tokens_per_question=(self.new_tokens_per_question, 8, 100_000),
             max_new_tokens=(self.max_new_tokens, 16, 1_000_000),
             temperature=(self.temperature, 0, 2),
             grounding_threshold=(self.grounding_threshold, 0, 1),
-            variants=(self.variants, 0, 10),
             concurrency=(self.concurrency, 1, 64),
         )
+        if self.variants is not None:
+            check_numbers(variants=(self.variants, 0, 10))
         return self
 
     def templates(self) -> tuple[str, str, str]:
@@ -139,6 +164,37 @@ class QASettings:
             self.paraphrase_prompt or load_prompt("paraphrase", self.prompt_lang), ("{question}", "{k}")
         )
         return qa, judge, para
+
+    def question_templates(self) -> dict[str, str]:
+        """The sentence method's few-shot prompt per fact language (a custom one serves both)."""
+        custom = self.question_prompt.strip()
+        return {
+            lang: check_prompt(custom or load_prompt("question", lang), ("{fact}",)) for lang in ("en", "zh")
+        }
+
+
+def is_small_local_model(client: ChatClient) -> bool:
+    """True for an in-process model too small to follow the passage prompt (the embedded SmolLM2)."""
+    return isinstance(client, LocalClient) and client.n_parameters < SMALL_MODEL_PARAMETERS
+
+
+def resolve_method(settings: QASettings, client: ChatClient) -> str:
+    """The method "auto" stands for with this client."""
+    if settings.method != "auto":
+        return settings.method
+    return "sentence" if is_small_local_model(client) else "passage"
+
+
+def resolve_variants(settings: QASettings, method: str) -> int:
+    """Paraphrases per question: the setting, or the measured default of the method."""
+    if settings.variants is not None:
+        return settings.variants
+    return 0 if method == "sentence" else DEFAULT_VARIANTS
+
+
+def answer_budget(settings: QASettings, n_questions: int) -> int:
+    """New tokens for a passage answer of `n_questions` pairs (a JSON pair is ~40-60 tokens)."""
+    return min(settings.max_new_tokens, 32 + n_questions * settings.new_tokens_per_question)
 
 
 # ---------------------------------------------------------------- parsing
@@ -252,15 +308,36 @@ def parse_variants(text: str) -> list[str]:
 # ---------------------------------------------------------------- quality
 
 _DEICTIC = re.compile(
-    r"\b(this|the above|the following|that|the given|the) (page|article|text|passage|document|notice|website|"
-    r"web page|section|announcement)\b|according to the|mentioned above|\babove\b"
-    r"|本文|本页|该页|此页|本网页|该网页|这个网页|上文|文中|该文|这篇|此文|本通知|该通知|这个通知|原文|以上|上述|文章中|材料中",
+    r"\b(this|these|the above|the following|the given|that) (page|article|text|passage|document|notice|website|"
+    r"web page|section|announcement|sentence|statement|paragraph|guide)\b"
+    r"|\baccording to (the|this) (page|article|text|passage|document|notice|statement|sentence|above)\b"
+    r"|\b(mentioned|stated|described|listed|shown) (above|below|here)\b|\bthe above\b"
+    r"|本文|本页|该页|此页|本网页|该网页|这个网页|上文|文中|该文|这篇|此文|本通知|该通知|这个通知|原文|上述|文章中|材料中"
+    r"|以上(内容|材料|文字|信息|通知|文章|所述|提到|介绍)|如上所述",
     re.I,
 )
 _STOPWORDS = set(
     "the a an of to in on at for and or is are was were be been by with as it its this that from which who what "
-    "when where how do does did can will there their they you your i we our has have had not".split()
+    "when where how do does did can will there their they you your i we our has have had not much many".split()
 )
+_RANGE_SEPARATORS = re.compile(r"\s*(?:-|–|—|~|～|〜|至|到|\bto\b|\buntil\b|\btill\b)\s*", re.I)
+
+
+def normalize_numbers(text: str) -> str:
+    """Text with numbers written one way: full-width digits as ASCII, no thousands separators
+    ("1,200" -> "1200"), and ranges split into their ends ("8:00-22:00", "8:00 to 22:00", "8:00至22:00"
+    all become "8:00 22:00"), so a fact and its restatement compare equal."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"(?<=\d)[,，](?=\d{3}(?!\d))", "", text)
+    return re.sub(r"(?<=\d)" + _RANGE_SEPARATORS.pattern + r"(?=\d)", " ", text, flags=re.I)
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers of `text` after normalize_numbers, leading zeros dropped ("08:00" = "8:00")."""
+    found = set()
+    for num in re.findall(r"\d+(?:[.:]\d+)*", normalize_numbers(text)):
+        found.add(re.sub(r"^0+(?=\d)", "", num))
+    return found
 
 
 def is_standalone(question: str) -> bool:
@@ -270,8 +347,8 @@ def is_standalone(question: str) -> bool:
 
 def _units(text: str) -> set[str]:
     """Comparable pieces of text: Chinese character bigrams, lower-cased words, numbers."""
-    text = text.lower()
-    units = {w for w in re.findall(r"[a-z0-9]+(?:[.:\-][0-9]+)*", text) if w not in _STOPWORDS}
+    text = normalize_numbers(text).lower()
+    units = {w for w in re.findall(r"[a-z0-9]+(?:[.:][0-9]+)*", text) if w not in _STOPWORDS}
     for run in re.findall(r"[\u4e00-\u9fff]+", text):
         units.update(run[i : i + 2] for i in range(len(run) - 1)) if len(run) > 1 else units.add(run)
     return units
@@ -286,11 +363,10 @@ def support_score(answer: str, chunk: str) -> float:
 
 
 def is_grounded(answer: str, chunk: str, threshold: float = 0.5) -> bool:
-    """Lexical support check: enough overlap, and every number of the answer appears in the chunk."""
-    plain = re.sub(r"\s+", "", chunk)
-    for num in re.findall(r"\d+(?:[.:\-]\d+)*", answer):
-        if num not in plain:
-            return False
+    """Lexical support check: enough overlap, and every number of the answer appears in the chunk
+    (compared after normalize_numbers: "1,200" matches "1200", "8:00-22:00" matches "8:00 to 22:00")."""
+    if not numbers_in(answer) <= numbers_in(chunk):
+        return False
     return support_score(answer, chunk) >= threshold
 
 
@@ -324,6 +400,127 @@ def judge_says_yes(text: str) -> bool:
 
 def pair_id(source_url: str, question: str) -> str:
     return hashlib.sha1(f"{source_url}\n{normalize_question(question)}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- sentence method
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_QUESTION_WORDS = set(
+    "what when where which who whom whose why how much many long does do is are can could should would "
+    "time times number cost costs".split()
+)
+_GENERIC_ZH = {
+    "什么",
+    "多少",
+    "哪里",
+    "几点",
+    "哪些",
+    "是否",
+    "如何",
+    "怎么",
+    "怎样",
+    "请问",
+    "可以",
+    "需要",
+    "时候",
+}
+_ZH_NAME = re.compile(r"[\u4e00-\u9fff]{1,8}?(?:大学|学院|图书馆|食堂|中心|办公室|医院|公寓|餐厅|校区|处)")
+
+
+def fact_lang(text: str) -> str:
+    """'zh' when a sentence is mostly Chinese characters, else 'en'."""
+    letters = [ch for ch in text if ch.isalpha()]
+    return "zh" if letters and sum(bool(_CJK.match(ch)) for ch in letters) / len(letters) > 0.3 else "en"
+
+
+def select_facts(text: str, title: str = "") -> list[str]:
+    """The sentences of a chunk worth a question: headings, menus and footers left out.
+
+    A fact has a number and 2+ words, or 5+ words (English) / 10+ characters (Chinese).
+    """
+    facts = []
+    for sentence in split_sentences(text):
+        if sentence == title.strip() or " | " in sentence or "©" in sentence or len(sentence) > 400:
+            continue
+        has_number = bool(re.search(r"\d", sentence))
+        if fact_lang(sentence) == "zh":
+            size = len(_CJK.findall(sentence))
+            keep = size >= 10 or (has_number and size >= 4)
+        else:
+            words = len(sentence.split())
+            keep = words >= 5 or (has_number and words >= 2)
+        if keep and sentence not in facts:
+            facts.append(sentence)
+    return facts
+
+
+def build_question_messages(template: str, title: str, fact: str) -> list[dict[str, str]]:
+    """Few-shot chat for the sentence method: the template's first paragraph is the system message, each
+    middle paragraph `statement => question` one user/assistant exchange, the last the request."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", template.strip()) if p.strip()]
+    messages = []
+    if len(paragraphs) > 1:
+        messages.append({"role": "system", "content": paragraphs[0]})
+    for shot in paragraphs[1:-1]:
+        statement, _, question = shot.partition("=>")
+        messages.append({"role": "user", "content": statement.strip()})
+        messages.append({"role": "assistant", "content": question.strip()})
+    messages.append({"role": "user", "content": fill_prompt(paragraphs[-1], title=title, fact=fact)})
+    return messages
+
+
+def read_question(text: str) -> str:
+    """The question in a model's answer (up to its first question mark), or '' when there is none."""
+    for line in strip_think(text).splitlines():
+        line = re.sub(r"^\s*(?:=>|Q\s*:|Question\s*:|问题?\s*[:：])\s*", "", line.strip(), flags=re.I)
+        line = line.strip().strip("\"'“”‘’「」*").strip()
+        m = re.search(r"[?？]", line)
+        if m:
+            return line[: m.end()].strip("\"'“”‘’ ")
+    return ""
+
+
+def _names(text: str) -> set[str]:
+    """Names and numbers of a sentence: capitalised words after the first, numbers, Chinese institutions."""
+    words = re.findall(r"[A-Za-z][A-Za-z'’\-]*", text)
+    names = {w.lower() for w in words[1:] if w[0].isupper()}
+    return names | numbers_in(text) | set(_ZH_NAME.findall(text))
+
+
+def check_question(question: str, fact: str, page_text: str) -> str | None:
+    """Why a generated question does not fit its fact sentence (a drop reason), or None when it fits.
+
+    It must be a standalone question about the fact (shares a content word or Chinese bigram with it), name
+    nothing the page does not (a 135M model invents universities), and not give the answer away.
+    """
+    if not question or not question.endswith(("?", "？")) or not 3 <= len(question) <= 200:
+        return "not_a_question"
+    if not is_standalone(question):
+        return "not_standalone"
+    shared = {u for u in _units(question) & _units(fact) if u not in _QUESTION_WORDS | _GENERIC_ZH}
+    if not shared:
+        return "off_topic"
+    page = normalize_numbers(page_text).lower()
+    page_numbers = numbers_in(page_text)
+    for name in _names(question):
+        if (name not in page_numbers) if name[:1].isdigit() else (name.lower() not in page):
+            return "invented_name"
+    answer_numbers = numbers_in(fact)
+    if answer_numbers and answer_numbers <= numbers_in(question):
+        return "gives_answer"
+    return None
+
+
+def keeps_key_terms(original: str, variant: str) -> bool:
+    """True when a paraphrase keeps every number, date and name of the question it rewords."""
+    kept = variant.lower()
+    for name in _names(original):
+        if name[:1].isdigit():
+            if name not in numbers_in(variant):
+                return False
+        elif name.lower() not in kept:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- the stage
@@ -374,13 +571,17 @@ def generate_qa(
     """Generate pairs for every page not done yet; yields the report after each request and at the end."""
     settings = (settings or QASettings()).check()
     qa_t, judge_t, para_t = settings.templates()
-    version = prompt_version(
-        qa_t, judge_t if settings.judge else "", para_t if settings.variants else "", str(settings.variants)
-    )
+    question_ts = settings.question_templates()
     pages = read_pages(project.crawl_dir)
     remove_stale_temp_files(project.qa_dir)
     state = read_state(project.qa_dir / "state.jsonl")
     report = RunReport("qa", total=len(pages))
+    method = resolve_method(settings, client)
+    variants = resolve_variants(settings, method)
+    asked = (qa_t,) if method == "passage" else (question_ts["en"], question_ts["zh"], "sentence")
+    version = prompt_version(
+        *asked, judge_t if settings.judge else "", para_t if variants else "", str(variants)
+    )
     todo = []
     for page in pages:
         try:
@@ -404,10 +605,13 @@ def generate_qa(
     yield report
     try:
         if todo:
-            size = fit_chunk_tokens(client, qa_t, settings.chunk_tokens, settings.max_new_tokens)
-            yield from _qa_todo(
-                project, client, settings, todo, (qa_t, judge_t, para_t), version, size, report, stop, policy
-            )
+            if method == "passage":
+                budget = answer_budget(settings, settings.max_questions)
+                size = fit_chunk_tokens(client, qa_t, settings.chunk_tokens, budget)
+            else:
+                size = min(settings.chunk_tokens, SENTENCE_CHUNK_TOKENS)
+            job = _Job(settings, method, variants, qa_t, question_ts, judge_t, para_t, version, size)
+            yield from _qa_todo(project, client, job, todo, report, stop, policy)
     finally:
         report.pairs = assemble_qa_file(project, pages)
         release = settings.release_model
@@ -417,53 +621,115 @@ def generate_qa(
     yield report
 
 
+@dataclass
+class _Job:
+    """What one run asks of every page: settings resolved against the client, templates, chunk size."""
+
+    settings: QASettings
+    method: str
+    variants: int
+    qa_t: str
+    question_ts: dict[str, str]
+    judge_t: str
+    para_t: str
+    version: str
+    size: int
+
+
+def _asks_of(job: _Job, page: Page, text: str, count_tokens) -> list[tuple[Chunk, str | None, Request]]:
+    """One page's requests: (chunk, fact sentence or None, request)."""
+    settings = job.settings
+    overlap = settings.overlap_tokens if job.method == "passage" else 0
+    asks = []
+    for chunk in chunk_text(text, job.size, count_tokens, overlap):
+        if job.method == "passage":
+            n = questions_for(chunk, settings.tokens_per_question, settings.max_questions)
+            prompt = fill_prompt(job.qa_t, text=chunk.text, title=page.title, url=page.url, n=n)
+            messages = [{"role": "user", "content": prompt}]
+            asks.append((chunk, None, Request(messages, answer_budget(settings, n), settings.temperature)))
+            continue
+        for fact in select_facts(chunk.text, page.title)[: settings.max_questions]:
+            messages = build_question_messages(job.question_ts[fact_lang(fact)], page.title, fact)
+            asks.append((chunk, fact, Request(messages, QUESTION_TOKENS, 0.0)))
+    return asks
+
+
 def _run_phase(client, requests, settings, policy, stop, report) -> Iterator[tuple[int, str | LLMError]]:
-    """Run one phase's requests, counting them in the report."""
-    for i, result in run_requests(client, requests, settings.concurrency, policy, stop):
+    """Run one phase's requests, counting them (and the tokens the local model writes) in the report."""
+    for i, result in run_requests(client, requests, settings.concurrency, policy, stop, heartbeat=1.0):
+        if isinstance(result, Heartbeat):
+            report.note_tokens(result)
+            yield i, result
+            continue
         report.requests_done += 1
         yield i, result
 
 
-def _qa_todo(project, client, settings, todo, templates, version, size, report, stop, policy):
+def _qa_todo(project, client, job: _Job, todo, report, stop, policy):
     """Process `todo` pages in waves: generate -> filter -> judge -> paraphrase -> write per page."""
-    qa_t, judge_t, para_t = templates
-    wave_chunks = max(settings.concurrency, getattr(client, "batch_size", 1)) * 4
+    settings = job.settings
+    asks_by_page = []
+    for page, text, sha in todo:
+        asks_by_page.append((page, text, sha, _asks_of(job, page, text, client.count_tokens)))
+    report.start_work(
+        "sentences" if job.method == "sentence" else "chunks", sum(len(a) for *_, a in asks_by_page)
+    )
+    yield report
+    wave_asks = max(settings.concurrency, getattr(client, "batch_size", 1)) * 4
     pos = 0
-    while pos < len(todo):
+    while pos < len(asks_by_page):
         wave: list[dict] = []
-        chunk_refs: list[tuple[int, Chunk]] = []
-        while pos < len(todo) and len(chunk_refs) < wave_chunks:
-            page, text, sha = todo[pos]
+        refs: list[tuple[int, Chunk, str | None, Request]] = []
+        while pos < len(asks_by_page) and len(refs) < wave_asks:
+            page, text, sha, asks = asks_by_page[pos]
             pos += 1
-            chunks = chunk_text(text, size, client.count_tokens, settings.overlap_tokens)
-            if not chunks:
+            if not asks:
                 append_jsonl(
-                    project.qa_dir / "state.jsonl", _state(page, sha, version, client, "empty", 0, {})
+                    project.qa_dir / "state.jsonl", _state(page, sha, job.version, client, "empty", 0, {})
                 )
                 report.skipped += 1
                 continue
-            wave.append({"page": page, "sha": sha, "error": None, "pairs": [], "drops": {}, "answers": 0})
-            chunk_refs += [(len(wave) - 1, c) for c in chunks]
-
-        # 1. ask for pairs
-        requests = []
-        for w, chunk in chunk_refs:
-            page = wave[w]["page"]
-            n = questions_for(chunk, settings.tokens_per_question, settings.max_questions)
-            prompt = fill_prompt(qa_t, text=chunk.text, title=page.title, url=page.url, n=n)
-            requests.append(
-                Request([{"role": "user", "content": prompt}], settings.max_new_tokens, settings.temperature)
+            wave.append(
+                {
+                    "page": page,
+                    "text": text,
+                    "sha": sha,
+                    "error": None,
+                    "pairs": [],
+                    "drops": {},
+                    "answers": 0,
+                }
             )
+            refs += [(len(wave) - 1, chunk, fact, request) for chunk, fact, request in asks]
+
+        # 1. ask for pairs (passage) or for the question each fact sentence answers (sentence)
+        requests = [request for *_, request in refs]
         for i, result in _run_phase(client, requests, settings, policy, stop, report):
-            w, chunk = chunk_refs[i]
+            if isinstance(result, Heartbeat):
+                yield report
+                continue
+            report.units_done += 1
+            w, chunk, fact, _ = refs[i]
             item = wave[w]
             check_fatal(result, report)
             if isinstance(result, LLMError):
                 item["error"] = item["error"] or result
                 yield report
                 continue
-            parsed = parse_qa_pairs(result)
             item["answers"] += 1
+            if fact is not None:
+                question = read_question(result)
+                reason = check_question(question, fact, item["page"].title + "\n" + item["text"])
+                if reason == "not_a_question":
+                    _count(item, "unparseable")
+                    item["sample"] = item.get("sample") or result
+                elif reason:
+                    _count(item, reason)
+                else:
+                    item["pairs"].append({"q": question, "a": fact, "chunk": chunk, "variant_of": None})
+                yield report
+                continue
+            parsed = parse_qa_pairs(result)
             if not parsed:
                 _count(item, "unparseable")
                 item["sample"] = item.get("sample") or result
@@ -496,7 +762,7 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
                         {
                             "role": "user",
                             "content": fill_prompt(
-                                judge_t, text=p["chunk"].text, question=p["q"], answer=p["a"]
+                                job.judge_t, text=p["chunk"].text, question=p["q"], answer=p["a"]
                             ),
                         }
                     ],
@@ -507,6 +773,9 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
             ]
             rejected = set()
             for i, result in _run_phase(client, requests, settings, policy, stop, report):
+                if isinstance(result, Heartbeat):
+                    yield report
+                    continue
                 item, p = refs[i]
                 if isinstance(result, LLMError):
                     _count(item, "judge_failed")
@@ -521,27 +790,33 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
             for item in wave:
                 item["pairs"] = [p for p in item["pairs"] if id(p) not in rejected]
 
-        # 3. optional paraphrase variants
-        if settings.variants > 0:
+        # 3. paraphrase variants, each keeping the numbers, dates and names of its question
+        if job.variants > 0:
             refs = [(item, p) for item in wave if item["error"] is None for p in item["pairs"]]
             requests = [
                 Request(
-                    [{"role": "user", "content": fill_prompt(para_t, question=p["q"], k=settings.variants)}],
-                    256,
+                    [{"role": "user", "content": fill_prompt(job.para_t, question=p["q"], k=job.variants)}],
+                    32 + 48 * job.variants,
                     0.7,
                 )
                 for _, p in refs
             ]
             for i, result in _run_phase(client, requests, settings, policy, stop, report):
+                if isinstance(result, Heartbeat):
+                    yield report
+                    continue
                 item, p = refs[i]
                 if isinstance(result, LLMError):
                     _count(item, "variant_failed")
                     yield report
                     continue
                 seen = {normalize_question(x["q"]) for x in item["pairs"]}
-                for variant in parse_variants(result)[: settings.variants]:
+                for variant in parse_variants(result)[: job.variants]:
                     if normalize_question(variant) in seen or not is_standalone(variant):
                         _count(item, "variant_rejected")
+                        continue
+                    if not keeps_key_terms(p["q"], variant):
+                        _count(item, "variant_lost_facts")
                         continue
                     seen.add(normalize_question(variant))
                     item["pairs"].append({"q": variant, "a": p["a"], "chunk": p["chunk"], "variant_of": p})
@@ -551,7 +826,7 @@ def _qa_todo(project, client, settings, todo, templates, version, size, report, 
                 return
 
         for item in wave:
-            _finish_page(project, client, item, version, report)
+            _finish_page(project, client, item, job.version, report)
         report.pairs = assemble_qa_file(project)
         yield report
 
@@ -630,7 +905,19 @@ def main(argv: list[str] | None = None) -> int:
         "--source", choices=SOURCES, default="auto", help="cleaned text, raw crawl text, or auto"
     )
     parser.add_argument("--chunk-tokens", type=int, default=800)
-    parser.add_argument("--variants", type=int, default=0, help="extra phrasings per question")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="passage: JSON pairs per chunk; sentence: a question per fact sentence (small local models); "
+        "auto: sentence for local models under 1B parameters",
+    )
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=None,
+        help=f"extra phrasings per question (default {DEFAULT_VARIANTS} for the passage method, 0 for sentence)",
+    )
     parser.add_argument(
         "--judge", action="store_true", help="also ask the model whether each answer is supported"
     )
@@ -644,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt=prompt,
             prompt_lang=args.prompt_lang,
             source=args.source,
+            method=args.method,
             chunk_tokens=args.chunk_tokens,
             variants=args.variants,
             judge=args.judge,

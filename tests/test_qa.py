@@ -149,7 +149,7 @@ def messy_responder(messages):
 def test_pairs_keep_their_provenance_and_drops_are_counted(project):
     with FakeLLMServer(messy_responder) as server:
         client = ZhipuClient("k", base_url=server.url)
-        report = run(generate_qa(project, client, QASettings(concurrency=2), policy=FAST))
+        report = run(generate_qa(project, client, QASettings(concurrency=2, variants=0), policy=FAST))
     pairs = read_jsonl(project.qa_file)
     assert report.done == 3 and report.pairs == len(pairs) == 8  # one pair per fact line
     assert report.drops == {"not_standalone": 3, "ungrounded": 3}
@@ -195,7 +195,7 @@ def test_stop_and_rerun_completes_without_duplicates(workspace):
     with FakeLLMServer(campus_responder) as server:
         client = OpenAIClient(server.url, "m")
         stop = threading.Event()
-        settings = QASettings(concurrency=1)
+        settings = QASettings(concurrency=1, variants=0)
         for report in generate_qa(project, client, settings, stop=stop, policy=FAST):
             if report.done >= 4:
                 stop.set()
