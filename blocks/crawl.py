@@ -72,6 +72,22 @@ MIN_TEXT_CHARS = 20
 # Failures that say nothing about whether a page still exists: its earlier copy stays in the manifest.
 TRANSIENT_REASONS = {"timeout", "connection error", "unreachable", "http 429", "http 500", "http 502",
                      "http 503", "http 504", "too large", "stopped", "truncated body", "request failed"}  # fmt: skip
+# A page whose own text is this short and says the page is missing is a soft 404 (status 200).
+SOFT_404 = re.compile(
+    r"页面不存在|页面未找到|找不到(?:该|您要的|你要的)?页面|网页不存在|页面已(?:删除|失效)|(?:文章|信息|内容)不存在"
+    r"|page (?:was )?not found|(?:page|file) (?:does not|doesn't|no longer) exists?"
+    r"|page you (?:requested|are looking for)",
+    re.IGNORECASE,
+)
+SOFT_404_TITLE = re.compile(r"\b404\b|not found|错误", re.IGNORECASE)
+# A short page that only says it has nothing (an empty calendar or result list) is template only.
+NO_CONTENT = re.compile(
+    r"no (?:upcoming )?events?(?: (?:are|were))? (?:scheduled|found)|no (?:results|posts|items|entries) found"
+    r"|nothing (?:found|to show)|there are no (?:events|posts|results|items)"
+    r"|暂无(?:数据|内容|信息|记录|活动|文章|新闻)|没有(?:找到)?(?:相关)?(?:记录|内容|数据|信息|活动)",
+    re.IGNORECASE,
+)
+SHORT_PAGE_CHARS = 200
 BINARY_CONTROL_SHARE = (
     0.05  # more control bytes than this in the first 8 KB: not text, whatever the header says
 )
@@ -675,11 +691,32 @@ def looks_binary(body: bytes) -> bool:
     return controls > BINARY_CONTROL_SHARE * len(head)
 
 
+def sniff_body(body: bytes) -> str | None:
+    """The kind the bytes themselves show (pdf, docx, or skip:media (...)), whatever the header said."""
+    head = body[:1024].lstrip()
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    if body.startswith(b"PK\x03\x04") and b"word/" in body[:4096]:
+        return "docx"
+    for magic, name in ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+                        (b"RIFF", "image/webp"), (b"PK\x03\x04", "application/zip")):  # fmt: skip
+        if body.startswith(magic):
+            return f"skip:media ({name})"
+    return None
+
+
 def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str | None) -> None:
     """Fill the outcome's text, title and links from the body; sets a reason when nothing is kept."""
     from pypdf.errors import PyPdfError
 
     url = outcome.final_url
+    sniffed = sniff_body(body) if outcome.kind == "html" else None
+    if sniffed and sniffed.startswith("skip:"):
+        reason, _, detail = sniffed[5:].partition(" (")
+        outcome.reason, outcome.detail = reason, f"served as HTML but is {detail.rstrip(')')}"
+        return
+    if sniffed:  # PDF or DOCX bytes served as text/html
+        outcome.kind = sniffed
     if outcome.kind == "html" and looks_binary(body):
         outcome.reason, outcome.detail = "binary content", "served as HTML but is not text"
         return
@@ -693,6 +730,12 @@ def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str 
         elif body_chars < MIN_TEXT_CHARS:
             outcome.reason = "empty text"
             outcome.detail = f"meta refresh to {page.refresh}" if page.refresh else ""
+        elif body_chars < SHORT_PAGE_CHARS and (
+            SOFT_404.search(page.text) or SOFT_404_TITLE.search(page.title)
+        ):
+            outcome.reason, outcome.detail = "soft 404", page.text[:100].replace("\n", " ")
+        elif body_chars < SHORT_PAGE_CHARS and NO_CONTENT.search(page.text):
+            outcome.reason, outcome.detail = "no content", page.text[:100].replace("\n", " ")
         return
     try:
         title, text = read_pdf(body) if outcome.kind == "pdf" else read_docx(body)
