@@ -79,7 +79,8 @@ SOFT_404 = re.compile(
     r"|page you (?:requested|are looking for)",
     re.IGNORECASE,
 )
-SOFT_404_TITLE = re.compile(r"\b404\b|not found|错误", re.IGNORECASE)
+# In the raw <title> ("Page not found | Site"): the page title we keep is only its longest part.
+SOFT_404_TITLE = re.compile(rb"<title[^>]*>[^<]*(?:\b404\b|not found)[^<]*</title>", re.IGNORECASE)
 # A short page that only says it has nothing (an empty calendar or result list) is template only.
 NO_CONTENT = re.compile(
     r"no (?:upcoming )?events?(?: (?:are|were))? (?:scheduled|found)|no (?:results|posts|items|entries) found"
@@ -727,13 +728,13 @@ def convert_body(outcome: Outcome, body: bytes, disposition: str, declared: str 
         body_chars = len(page.text) - len(page.title)
         if page.has_login_form and (body_chars < 300 or is_login_url(url)):
             outcome.reason, outcome.detail = "login wall", "login form"
+        elif body_chars < SHORT_PAGE_CHARS and (
+            SOFT_404.search(page.text) or SOFT_404_TITLE.search(body[:8192])
+        ):
+            outcome.reason, outcome.detail = "soft 404", page.text[:100].replace("\n", " ")
         elif body_chars < MIN_TEXT_CHARS:
             outcome.reason = "empty text"
             outcome.detail = f"meta refresh to {page.refresh}" if page.refresh else ""
-        elif body_chars < SHORT_PAGE_CHARS and (
-            SOFT_404.search(page.text) or SOFT_404_TITLE.search(page.title)
-        ):
-            outcome.reason, outcome.detail = "soft 404", page.text[:100].replace("\n", " ")
         elif body_chars < SHORT_PAGE_CHARS and NO_CONTENT.search(page.text):
             outcome.reason, outcome.detail = "no content", page.text[:100].replace("\n", " ")
         return

@@ -54,12 +54,12 @@ _FURNITURE_PART = {
     "nav", "navbar", "navigation", "menu", "submenu", "megamenu", "breadcrumb", "breadcrumbs", "crumb",
     "crumbs", "sidebar", "footer", "copyright", "cookie", "cookies", "consent", "gdpr", "share", "sharing",
     "social", "toolbar", "pagination", "pager", "friendlink", "newsletter", "subscribe", "qrcode",
-    "related", "relate", "advert", "ads", "skip", "prevnext", "comments",
+    "related", "relate", "advert", "ads", "skip", "prevnext", "comments", "lm",
 }  # fmt: skip
 _FURNITURE_WHOLE = {
     "header", "head", "banner", "top", "topbar", "top-bar", "side", "aside", "leftside", "rightside",
     "leftbox", "foot", "bottom", "links", "tools", "print", "prev", "next", "pre_next", "search", "login",
-    "location", "position", "lm", "ewm", "xgxw", "fenxiang", "pb_sys_common", "feedback", "alert",
+    "location", "position", "ewm", "xgxw", "fenxiang", "pb_sys_common", "feedback", "alert",
 }  # fmt: skip
 # A leading word that negates the rest: `no-sidebar`, `has-sidebar` are page-layout flags on <body>.
 _FLAG_PREFIX = {"no", "has", "with", "without", "hide", "show", "is"}
@@ -68,6 +68,7 @@ _WORD_SPLIT = re.compile(r"[-_\s]+|(?<=[a-z])(?=[A-Z])")
 _CONTENT_RE = re.compile(r"content|article|arti|news|main|text|detail|zhengwen|vsb|wp_art|post|entry", re.I)
 # An element holding at least this share of the page's text is the page, whatever it is called.
 _MAIN_SHARE = 0.4
+_MAIN_MIN_CHARS = 20  # the crawler keeps a page from 20 characters of text
 
 # Lines that are CMS furniture in Chinese and English page templates.
 _FURNITURE_LINE = re.compile(
@@ -266,6 +267,11 @@ def _text_sizes(root) -> dict:
     return sizes
 
 
+def _holds_page(size: int, total: int) -> bool:
+    """True for an element with most of a page's text (a page of a few menu words has no such element)."""
+    return size >= _MAIN_SHARE * total and size >= _MAIN_MIN_CHARS
+
+
 def _remove_furniture(tree) -> None:
     """Drop scripts, navigation, sidebars, footers, cookie banners and CMS tool bars in place.
 
@@ -296,7 +302,7 @@ def _remove_furniture(tree) -> None:
         if not isinstance(element.tag, str) or element.getparent() is None or element is root:
             continue
         named = element.tag not in _HEADING_TAGS and _is_furniture_name(element)
-        if (element.tag in _FURNITURE_TAGS or named) and sizes.get(element, 0) < _MAIN_SHARE * total:
+        if (element.tag in _FURNITURE_TAGS or named) and not _holds_page(sizes.get(element, 0), total):
             element.drop_tree()
 
 

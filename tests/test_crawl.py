@@ -339,3 +339,38 @@ def test_cli_help_and_bad_url_exit_code():
     bad = subprocess.run([sys.executable, "-m", "blocks.crawl", "nonsense", "--out", "/tmp/x-crawl"], cwd=ROOT,
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "Malformed start URL" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _convert(body: bytes, kind: str = "html"):
+    from blocks.crawl import Outcome, Task, convert_body
+
+    outcome = Outcome(
+        task=Task("http://example.edu/x.htm", 1, None), final_url="http://example.edu/x.htm", kind=kind
+    )
+    convert_body(outcome, body, "", None)
+    return outcome
+
+
+def test_pdf_bytes_served_as_html_take_the_pdf_path_and_images_are_skipped():
+    from blocks.demo_site import build_pdf
+
+    outcome = _convert(build_pdf(["Registration closes on 1 April 2025 at the Sports Office, Room 105."]))
+    assert outcome.kind == "pdf" and outcome.reason is None
+    assert "Registration closes on 1 April 2025" in outcome.text and "%PDF" not in outcome.text
+    image = _convert(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    assert image.reason == "media" and image.text == ""
+
+
+def test_soft_404_and_template_only_pages_are_skipped_with_a_reason_but_short_notices_are_kept():
+    missing = "<html><head><title>提示</title></head><body><div class='main'><p>对不起，您访问的页面不存在！</p></div></body></html>"
+    assert _convert(missing.encode()).reason == "soft 404"
+    english = "<html><head><title>Page not found | Example University</title></head><body><p>Sorry.</p></body></html>"
+    assert _convert(english.encode()).reason == "soft 404"
+    calendar = "<html><body><h1>Events calendar</h1><div class='events'><p>No events scheduled.</p></div></body></html>"
+    assert _convert(calendar.encode()).reason == "no content"
+    notice = (
+        "<html><head><title>停电通知</title></head><body><div id='top'><h1>停电通知</h1>"
+        "<p>5月24日8:00至12:00，桂园1至3栋停电，请提前做好准备。</p></div></body></html>"
+    )
+    kept = _convert(notice.encode())
+    assert kept.reason is None and "桂园1至3栋停电" in kept.text
