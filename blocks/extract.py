@@ -302,8 +302,19 @@ def _remove_furniture(tree) -> None:
         if not isinstance(element.tag, str) or element.getparent() is None or element is root:
             continue
         named = element.tag not in _HEADING_TAGS and _is_furniture_name(element)
-        if (element.tag in _FURNITURE_TAGS or named) and not _holds_page(sizes.get(element, 0), total):
+        if (_is_furniture_tag(element) or named) and not _holds_page(sizes.get(element, 0), total):
             element.drop_tree()
+
+
+def _is_furniture_tag(element) -> bool:
+    """True for nav/header/footer/aside/menu, except a <header> of an article or of the main element.
+
+    HTML scopes a header to its nearest sectioning ancestor: inside <article> or <main> it holds that
+    item's heading and summary (every card of a news river has one), not the site's banner.
+    """
+    if element.tag not in _FURNITURE_TAGS:
+        return False
+    return element.tag != "header" or next(element.iterancestors("article", "main"), None) is None
 
 
 def _is_layout_table(table) -> bool:
@@ -404,6 +415,10 @@ def line_weight(line: Line) -> float:
 # and every line costs a few words (menus and footers are many short lines).
 LINK_COST = 1.0
 LINE_COST = 3.0
+# A block of at least this size (text_size: words, 2.5 CJK characters each) is a paragraph of prose.
+_PROSE_MIN_SIZE = 40
+# A post (a blog entry, a thread's opening message) has a body this large; a card or teaser does not.
+_POST_MIN_SIZE = 100
 
 
 def densest_block(lines: list[Line], spans: dict) -> tuple[int, int]:
@@ -465,7 +480,59 @@ def _main_text(tree, url: str | None) -> str:
     picked = trafilatura.extract(
         tree, url=url, fast=True, include_comments=False, include_tables=True, deduplicate=False
     )
-    return reconcile(lines[start:end], picked or "")
+    dense = lines[start:end]
+    item = _picked_post(lines, spans, (start, end), picked or "")
+    if item is not None:
+        # A blog's archive or a thread of posts: trafilatura took one post, the others are not this page's.
+        picked_text = "\n".join(" ".join(line.split()) for line in (picked or "").splitlines())
+        dense = [line for i, line in enumerate(lines[start:end], start)
+                 if item[0] <= i < item[1] or line.text in picked_text]  # fmt: skip
+    return reconcile(dense, picked or "", lines)
+
+
+def _shape(element) -> tuple:
+    """An element's tag, class and its children's: items of one template list share it."""
+    children = tuple((c.tag, c.get("class")) for c in element if isinstance(c.tag, str))
+    return element.tag, element.get("class"), children
+
+
+def _is_long(line: Line) -> bool:
+    """True for a paragraph that reconcile keeps even where trafilatura left it out."""
+    return text_size(line.text) >= 12 and line.link_words <= 0.3 * line.words
+
+
+def _picked_post(lines: list[Line], spans: dict, dense: tuple[int, int], picked: str):
+    """The line range of the list item (a post) holding trafilatura's text, if it picked one of several.
+
+    Trafilatura took (at least 100 words of) the first of several siblings of one shape, and at least
+    two of the others have a paragraph of their own: the page lists whole posts (a blog's archive),
+    and its own text is the first. Cards and teasers are shorter than a post and are left alone.
+    """
+    start, end = dense
+    picked_text = "\n".join(" ".join(line.split()) for line in picked.splitlines() if line.strip())
+    matched = [0.0]
+    for line in lines:
+        matched.append(matched[-1] + (text_size(line.text) if line.text in picked_text else 0.0))
+    total = matched[end] - matched[start]
+    if total < _POST_MIN_SIZE:
+        return None
+    holder, holder_span = None, (start, end)
+    for element, (a, z) in spans.items():
+        if start <= a and z <= end and z - a < holder_span[1] - holder_span[0]:
+            if matched[z] - matched[a] >= 0.8 * total:
+                holder, holder_span = element, (a, z)
+    element = holder
+    while element is not None and element in spans and spans[element] != (start, end):
+        parent = element.getparent()
+        if parent is None:
+            return None
+        shape = _shape(element)
+        twins = [c for c in parent if c in spans and _shape(c) == shape]
+        with_text = [c for c in twins[1:] if any(_is_long(line) for line in lines[slice(*spans[c])])]
+        if twins[0] is element and len(with_text) >= 2:
+            return spans[element]
+        element = parent
+    return None
 
 
 def text_size(text: str) -> float:
@@ -474,11 +541,12 @@ def text_size(text: str) -> float:
     return len(_WORD.findall(text)) - cjk + cjk / 2.5
 
 
-def reconcile(dense: list[Line], picked: str) -> str:
+def reconcile(dense: list[Line], picked: str, page: list[Line] | None = None) -> str:
     """Merge our densest block with trafilatura's text (one paragraph per line).
 
     Where they disagree on where the article is, the larger wins unless it is merely part of the
-    other; where trafilatura took a good share of our block, its precision wins; where it took only
+    other, or it is mostly link labels (`page`: all lines of the page, to tell) while our block is
+    prose; where trafilatura took a good share of our block, its precision wins; where it took only
     a little (it drops short paragraphs, forum replies, lists), our block is kept less its short and
     link-heavy lines that trafilatura also left out.
     """
@@ -490,7 +558,12 @@ def reconcile(dense: list[Line], picked: str) -> str:
         return dense_text
     inside = sum(text_size(line) for line in picked_lines if line in dense_text)
     if inside < 0.5 * size_picked:
-        return picked if size_picked > 0.5 * size_dense else dense_text
+        if size_picked <= 0.5 * size_dense:
+            return dense_text
+        # A thread's reply index or a list of related links is larger than the post it follows.
+        if size_dense >= _PROSE_MIN_SIZE and _link_share(picked_lines, page or []) >= 0.6:
+            return dense_text
+        return picked
     if size_dense <= 1.5 * size_picked:
         return picked
     picked_text = "\n".join(picked_lines)
@@ -499,6 +572,15 @@ def reconcile(dense: list[Line], picked: str) -> str:
         for line in dense
         if line.text in picked_text or (text_size(line.text) >= 12 and line.link_words <= 0.3 * line.words)
     )
+
+
+def _link_share(picked_lines: list[str], page: list[Line]) -> float:
+    """The share of link words among the page's paragraphs that trafilatura's text is made of."""
+    # Without spaces: trafilatura breaks a list item's link from its trailing text onto two lines.
+    picked_text = "".join("".join(picked_lines).split())
+    found = [line for line in page if "".join(line.text.split()) in picked_text]
+    words = sum(line.words for line in found)
+    return sum(line.link_words for line in found) / words if words else 0.0
 
 
 def read_html(body: bytes, url: str | None = None, declared_charset: str | None = None) -> HtmlPage:

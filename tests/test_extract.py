@@ -224,6 +224,58 @@ def test_forum_thread_keeps_every_reply():
     assert "About" not in text.splitlines()
 
 
+def test_headers_of_article_cards_are_kept_and_the_site_header_is_not():
+    cards = "".join(
+        f'<article class="river"><header><h2><a href="/a/{i}">Story {i} about the new campus library</a></h2>'
+        f'<p class="desc">Summary {i}: the library opens a quiet study floor with two hundred seats and late '
+        f"hours during the examination weeks.</p></header></article>"
+        for i in range(5)
+    )
+    html = (
+        f"<html><body><header class='site'><nav>{MENU}</nav><p>Example News Network</p></header>"
+        f"<main><h1>Libraries</h1><section>{cards}</section></main></body></html>"
+    )
+    text = extract_main_text(html.encode())
+    assert all(f"Summary {i}: the library opens" in text for i in range(5))
+    assert "Example News Network" not in text
+
+
+def test_reply_index_after_a_post_does_not_replace_the_post():
+    post = "导游的收入很大一部分来自购物的回扣，这是业内的行规，旅行车停在购物店门口会有停车费，" * 4
+    replies = "".join(
+        f'<li><a href="/thread?id={i}">回复{i}：我也遇到过这样的导游，一定要看清楚合同再出发</a>【网友{i}】08-1{i % 10} 16:06 298字</li>'
+        for i in range(40)
+    )
+    html = (
+        "<html><head><title>论坛</title></head><body><table><tr><td>主题：导游为什么热衷于购物</td></tr>"
+        f"<tr><td>{post}</td></tr></table><div>回复线索：<ul>{replies}</ul></div></body></html>"
+    )
+    text = extract_main_text(html.encode())
+    assert "旅行车停在购物店门口会有停车费" in text
+    assert "我也遇到过这样的导游" not in text
+
+
+def test_blog_archive_of_several_posts_gives_the_first_post():
+    """An archive page lists whole posts of one template; the page's own text is the first."""
+    bodies = [
+        "墨尔本西北约一百一十公里处，是当年澳大利亚发现第一块天然黄金的地方，现在是最受游客欢迎的观光城市。"
+        * 6,
+        "头发留得很长很长了，每天总是花很多时间去梳头去洗头，以前总为一头美丽的长发而骄傲，后来也觉得烦了。"
+        * 6,
+        "最近在北美的还有国内的很多朋友都给我发了美丽的雪景照片，而在南半球的我，正在海边迎着夏风。" * 6,
+        "湖南人喜欢吃辣，但碍于广东的炎热气候，不得不多吃清淡的菜肴，家乡炖的老鸡汤香味浓郁，清润有益。" * 6,
+    ]
+    posts = "".join(
+        f'<div class="entry"><h3 class="entry-title">第{i}篇</h3><div class="post-body">{body}</div>'
+        f'<div class="entry-meta"><a href="/post/{i}">发表评论</a></div></div>'
+        for i, body in enumerate(bodies)
+    )
+    html = f"<html><head><title>博客</title></head><body><nav>{MENU}</nav><div class='archive'>{posts}</div></body></html>"
+    text = extract_main_text(html.encode())
+    assert "发现第一块天然黄金" in text
+    assert not any(body[:20] in text for body in bodies[1:])
+
+
 def _dev_set_f1(lang: str) -> float:
     import importlib.util
 
@@ -236,8 +288,8 @@ def _dev_set_f1(lang: str) -> float:
 
 
 @pytest.mark.skipif(not (DEV_SET / "score.py").exists(), reason=f"no extraction dev set at {DEV_SET}")
-@pytest.mark.parametrize(("lang", "floor"), [("zh", 0.88), ("en", 0.81)])
+@pytest.mark.parametrize(("lang", "floor"), [("zh", 0.95), ("en", 0.82)])
 def test_dev_set_f1_stays_above_its_floor(lang, floor):
     """Real pages (the shared dev set): macro bag-of-tokens F1 must not fall below the floor (measured
-    2026-12-07: zh 0.897, en 0.829; trafilatura zh 0.771, en 0.828)."""
+    2026-12-08: zh 0.965, en 0.833; trafilatura zh 0.771, en 0.828)."""
     assert _dev_set_f1(lang) >= floor
