@@ -451,11 +451,13 @@ def generate_ids(
     max_width: int = 0,
     stop: StopSignal | None = None,
     on_tokens: Callable[[int], None] | None = None,
+    row_done: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Generate for token-id prompts as one left-padded batch; returns only the new tokens of each.
 
     `on_tokens(n)` is told after every decoding step how many new tokens the unfinished rows wrote (a
-    progress signal for long batches); once `stop.is_set()` every row ends after its current token.
+    progress signal for long batches); once `stop.is_set()` every row ends after its current token; a row
+    whose new tokens make `row_done(ids)` true ends there (e.g. a complete question; dynamic cache only).
 
     `static_rows` > 0 decodes with a static KV cache through `decode_static` (on CUDA the decoding
     step is compiled and replayed as a CUDA graph: several times faster for big batches). Every new
@@ -495,8 +497,8 @@ def generate_ids(
         else {"do_sample": False}
     )
     watch = []
-    if stop is not None or on_tokens is not None:
-        watch = [_watcher(width, _eos_ids(model), stop, on_tokens)]
+    if stop is not None or on_tokens is not None or row_done is not None:
+        watch = [_watcher(width, _eos_ids(model), stop, on_tokens, row_done)]
     with torch.no_grad():
         out = model.generate(
             input_ids=ids.to(device),
@@ -510,19 +512,32 @@ def generate_ids(
     return [row[width:].tolist() for row in out.cpu()[:count]]
 
 
-def _watcher(width: int, eos_ids: list[int], stop: StopSignal | None, on_tokens):
-    """A generate() stopping criterion that reports new tokens each step and ends every row on Stop."""
+def _watcher(width: int, eos_ids: list[int], stop: StopSignal | None, on_tokens, row_done):
+    """A generate() stopping criterion: reports new tokens each step, ends rows that are done (row_done)
+    and every row on Stop."""
     import torch
     from transformers import StoppingCriteria
 
+    eos = torch.tensor(eos_ids or [-1])
+    finished: set[int] = set()  # rows ended by row_done (generate pads them from then on)
+
     class Watch(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            new = input_ids[:, width:]
+            new = input_ids[:, width:].cpu()
+            live = ~torch.isin(new[:, :-1], eos).any(-1)
+            for row in finished:
+                live[row] = False
             if on_tokens is not None:
-                finished_before = torch.isin(new[:, :-1], torch.tensor(eos_ids or [-1])).any(-1)
-                on_tokens(int((~finished_before).sum()))
-            stopped = stop is not None and stop.is_set()
-            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+                on_tokens(int(live.sum()))
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            if row_done is not None:
+                for row in live.nonzero().flatten().tolist():
+                    if row_done(new[row].tolist()):
+                        finished.add(row)
+                        done[row] = True
+            if stop is not None and stop.is_set():
+                done[:] = True
+            return done.to(input_ids.device)
 
     return Watch()
 
@@ -708,13 +723,27 @@ def _choose(logits, temperature: float):
     return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
 
 
+def default_cpu_threads() -> int:
+    """Torch threads for CPU generation: one per physical core (half the logical CPUs), at least one.
+
+    Measured on the 2-vCPU machine shared with other work, SmolLM2 QA questions (16 prompts of 205
+    tokens, batch 8): 1 thread 13-15 s, 2 threads 26-68 s (OpenMP threads spin-wait for a busy core).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class LocalClient:
     """A Hugging Face model in this process: fp32 on CPU, bf16 on GPU, batched generation."""
 
     backend = "local"
 
     def __init__(
-        self, model_path: str, batch_size: int = 8, context_tokens: int = 0, static_cache: bool = False
+        self,
+        model_path: str,
+        batch_size: int = 8,
+        context_tokens: int = 0,
+        static_cache: bool = False,
+        threads: int = 0,
     ) -> None:
         if not model_path:
             raise SettingsError("Local backend: enter a model folder (default: the embedded SmolLM2)")
@@ -724,6 +753,7 @@ class LocalClient:
         self.batch_size = max(1, batch_size)
         self._context = context_tokens
         self.static_cache = static_cache  # used on CUDA only (the compile pays off there)
+        self.threads = threads or default_cpu_threads()  # CPU generation only
 
     @property
     def context_tokens(self) -> int:
@@ -757,9 +787,11 @@ class LocalClient:
         temperature: float = 0.3,
         stop: StopSignal | None = None,
         on_tokens: Callable[[int], None] | None = None,
+        stop_strings: tuple[str, ...] = (),
     ) -> list[str]:
         """Answer several conversations in one left-padded generate() call; order is kept.
 
+        A row ends at the end-of-sequence token or once its text contains one of `stop_strings` (kept).
         Raises StoppedError when `stop` is set before or during the batch (checked between tokens).
         """
         if stop is not None and stop.is_set():
@@ -776,6 +808,10 @@ class LocalClient:
                     )
             import torch
 
+            before = torch.get_num_threads()
+            on_cpu = not next(model.parameters()).is_cuda
+            if on_cpu:
+                torch.set_num_threads(self.threads)
             try:
                 static = self.static_cache and next(model.parameters()).is_cuda
                 outs = generate_ids(
@@ -788,6 +824,11 @@ class LocalClient:
                     max_width=limit - max_tokens,
                     stop=stop,
                     on_tokens=on_tokens,
+                    row_done=(
+                        (lambda ids: any(x in tokenizer.decode(ids) for x in stop_strings))
+                        if stop_strings
+                        else None
+                    ),
                 )
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
@@ -795,6 +836,9 @@ class LocalClient:
                     f"GPU out of memory generating {len(prompts)} answers at once: lower the batch size "
                     "or the chunk size, or unload the model held by another tab"
                 ) from exc
+            finally:
+                if on_cpu:
+                    torch.set_num_threads(before)
         if stop is not None and stop.is_set():
             raise StoppedError("stopped by the user (mid-batch: the partial answers are dropped)")
         texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
@@ -876,6 +920,7 @@ class Request:
     messages: Messages
     max_tokens: int = 1024
     temperature: float = 0.3
+    stop_strings: tuple[str, ...] = ()  # local backend: a row ends once its text contains one of these
 
 
 def run_requests(
@@ -907,7 +952,9 @@ def run_requests(
             batch = [requests[i].messages for i in group]
             try:
                 if heartbeat is None:
-                    texts = client.chat_batch(batch, first.max_tokens, first.temperature, stop=stop)
+                    texts = client.chat_batch(
+                        batch, first.max_tokens, first.temperature, stop=stop, stop_strings=first.stop_strings
+                    )
                 else:
                     texts = yield from _batch_with_heartbeat(client, batch, first, stop, heartbeat)
             except StoppedError:
@@ -954,19 +1001,16 @@ def run_requests(
 def _batch_with_heartbeat(client: LocalClient, batch, request: Request, stop, every: float):
     """Run one local batch in a worker thread, yielding (-1, Heartbeat) every `every` seconds; returns
     the answers (the generator's return value) or raises the batch's error."""
-    import torch
-
-    threads = torch.get_num_threads()  # a new thread starts with the default count: keep the caller's
     written = [0]
 
     def work():
-        torch.set_num_threads(threads)
         return client.chat_batch(
             batch,
             request.max_tokens,
             request.temperature,
             stop=stop,
             on_tokens=lambda n: written.__setitem__(0, written[0] + n),
+            stop_strings=request.stop_strings,
         )
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")

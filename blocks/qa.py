@@ -424,6 +424,11 @@ _GENERIC_ZH = {
     "需要",
     "时候",
 }
+_ASKS = re.compile(  # a question word: "关于…的通知？" or "Tuition is 6380?" is not a question
+    r"^\W*(what|when|where|which|who|whom|whose|why|how|is|are|was|were|do|does|did|can|could|should|will|"
+    r"would|may|must|has|have)\b|什么|多少|哪|几|吗|如何|怎么|怎样|是否|谁|何|有没有|能否|可否",
+    re.I,
+)
 _ZH_NAME = re.compile(r"[\u4e00-\u9fff]{1,8}?(?:大学|学院|图书馆|食堂|中心|办公室|医院|公寓|餐厅|校区|处)")
 
 
@@ -494,6 +499,8 @@ def check_question(question: str, fact: str, page_text: str) -> str | None:
     nothing the page does not (a 135M model invents universities), and not give the answer away.
     """
     if not question or not question.endswith(("?", "？")) or not 3 <= len(question) <= 200:
+        return "not_a_question"
+    if not _ASKS.search(question):
         return "not_a_question"
     if not is_standalone(question):
         return "not_standalone"
@@ -650,7 +657,7 @@ def _asks_of(job: _Job, page: Page, text: str, count_tokens) -> list[tuple[Chunk
             continue
         for fact in select_facts(chunk.text, page.title)[: settings.max_questions]:
             messages = build_question_messages(job.question_ts[fact_lang(fact)], page.title, fact)
-            asks.append((chunk, fact, Request(messages, QUESTION_TOKENS, 0.0)))
+            asks.append((chunk, fact, Request(messages, QUESTION_TOKENS, 0.0, ("?", "？"))))
     return asks
 
 
@@ -720,6 +727,7 @@ def _qa_todo(project, client, job: _Job, todo, report, stop, policy):
             if fact is not None:
                 question = read_question(result)
                 reason = check_question(question, fact, item["page"].title + "\n" + item["text"])
+                item["sentence"] = True
                 if reason == "not_a_question":
                     _count(item, "unparseable")
                     item["sample"] = item.get("sample") or result
@@ -843,9 +851,15 @@ def _finish_page(project: Project, client, item: dict, version: str, report: Run
     if item["error"] is None and item["drops"].get("unparseable", 0) == item["answers"] > 0:
         # Not one chunk's answer held a question-answer pair: a failure to retry, not an empty page.
         sample = " ".join(strip_think(item["sample"]).split())[:120] or "(only <think> reasoning)"
+        sample = re.sub(r"[#*_`|<>\[\]=~-]+", " ", sample).strip()  # shown in Markdown: no headings/rules
+        hint = (
+            "the model wrote no question for any sentence of this page (the embedded 135M model is "
+            "English-only: Chinese pages need a bigger local model or an API model)"
+            if item.get("sentence")
+            else "check that the prompt asks for JSON pairs, or use a stronger model"
+        )
         item["error"] = NoQAError(
-            f"the model's answers contained no question-answer pairs (e.g. {sample!r}): check that the "
-            "prompt asks for JSON pairs, or use a stronger model"
+            f"the model's answers contained no question-answer pairs (e.g. {sample!r}): {hint}"
         )
     if item["error"] is not None:
         err: LLMError = item["error"]

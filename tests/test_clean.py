@@ -201,3 +201,24 @@ def test_a_rerun_removes_temp_files_that_a_killed_writer_left(tmp_path):
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in live + kept)
     remove_stale_temp_files(tmp_path / "missing")  # a stage's first run: no folder yet
+
+
+def test_local_clean_shows_chunks_done_and_tokens_per_second_inside_a_page(project, tiny_model_dir):
+    """A long page on a slow CPU must show signs of life: chunk counts and tok/s before the page is done."""
+    client = llm.LocalClient(str(tiny_model_dir), batch_size=1, threads=1)
+    settings = CleanSettings(prompt="Clean:\n{text}", chunk_tokens=24, max_new_tokens=8)
+    seen = []
+    try:
+        for report in clean_pages(project, client, settings):
+            seen.append(
+                (report.done, report.units_done, report.units_total, report.summary(), report.eta_s())
+            )
+    finally:
+        llm.unload_local_models()
+    total = seen[-1][2]
+    assert total > 3  # the three pages were cut into several chunks each
+    before_first_page = [s for s in seen if s[0] == 0]
+    assert any(units > 0 for _, units, *_ in before_first_page)  # progress before any page finished
+    assert any(f"/{total} chunks" in text and "tok/s" in text for *_, text, _ in before_first_page)
+    assert any(eta is not None for *_, eta in before_first_page)
+    assert seen[-1][1] == total

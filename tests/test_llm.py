@@ -340,3 +340,39 @@ def test_cli_help(capsys):
         llm.main(["--help"])
     assert exc.value.code == 0
     assert "--backend" in capsys.readouterr().out
+
+
+def test_stop_ends_a_local_batch_between_two_tokens(tiny_client):
+    """Stop takes effect inside a long generation, not after it: the batch ends within a token or two."""
+    stop = threading.Event()
+    steps = []
+
+    def count(n):
+        steps.append(n)
+        if len(steps) == 3:
+            stop.set()
+
+    convs = [[{"role": "user", "content": "library"}], [{"role": "user", "content": "图书馆"}]]
+    with pytest.raises(llm.StoppedError):
+        tiny_client.chat_batch(convs, max_tokens=200, temperature=0, stop=stop, on_tokens=count)
+    assert len(steps) == 3 and steps[0] == 2  # two rows wrote one token each per step
+    requests = [Request(c, 200, 0) for c in convs]
+    assert list(run_requests(tiny_client, requests, stop=stop)) == []  # a stopped run yields nothing
+
+
+def test_rows_end_at_their_stop_string_and_heartbeats_count_the_tokens(tiny_client):
+    convs = [[{"role": "user", "content": t}] for t in ("library", "When does the library open?")]
+    full = tiny_client.chat_batch(convs, max_tokens=24, temperature=0)
+    marks = tuple({text[len(text) // 3] for text in full if len(text) > 3})  # a character each answer has
+    cut = tiny_client.chat_batch(convs, max_tokens=24, temperature=0, stop_strings=marks)
+    for whole, short in zip(full, cut, strict=True):
+        # ended at the token that completed a stop string: the same text up to there, shorter
+        assert whole.startswith(short) and any(m in short for m in marks) and len(short) < len(whole)
+    beats, answers = [], {}
+    for i, result in run_requests(tiny_client, [Request(c, 24, 0) for c in convs], heartbeat=0.01):
+        if isinstance(result, llm.Heartbeat):
+            beats.append(result)
+        else:
+            answers[i] = result
+    assert [answers[0], answers[1]] == full  # heartbeats change nothing in the answers
+    assert len(beats) > 1 and sum(b.tokens for b in beats) == 2 * 24  # no end-of-sequence: 24 tokens a row
