@@ -75,6 +75,13 @@ def build_tab(ctx: UIContext) -> None:
     with gr.Row():
         start_btn = gr.Button(L("Start crawl", "开始爬取"), variant="primary")
         stop_btn = gr.Button(L("Stop", "停止"), variant="stop")
+    with gr.Row():
+        build_btn = gr.Button(
+            L("Build my chatbot (one click: crawl → QA → train)", "一键生成聊天机器人（爬取 → 问答 → 训练）"),
+            variant="primary",
+        )
+        build_stop_btn = gr.Button(L("Stop building", "停止生成"), variant="stop")
+    pipeline_md = gr.Markdown()
     status = gr.Markdown(L("Not started.", "尚未开始。"))
     table = gr.Dataframe(
         headers=TABLE_HEADERS, value=[], label=L("Saved pages", "已保存的页面"), interactive=False, wrap=True
@@ -129,6 +136,58 @@ def build_tab(ctx: UIContext) -> None:
             raise gr.Error(str(exc)) from exc
         gr.Info(ctx.L.pick(lang, "Stopping after the pages in flight…", "正在停止，等待进行中的页面完成…"))
 
+    def on_build(project, start_url, max_depth, max_pages, delay_s, site, lang, progress=gr.Progress()):
+        from blocks.pipeline import PipelineError, PipelineSettings, run_pipeline, stop_flag
+
+        if not (start_url or "").strip():
+            raise gr.Error(
+                ctx.L.pick(
+                    lang, "Enter a start URL (or try the demo site).", "请输入起始网址（或试用演示网站）。"
+                )
+            )
+        try:
+            proj = get_project(project)
+        except WorkspaceError as exc:
+            raise gr.Error(str(exc)) from exc
+        flag = stop_flag(proj)
+        flag.clear()
+        settings = PipelineSettings(
+            start_url,
+            max_pages=int(max_pages or 1),
+            max_depth=int(max_depth or 0),
+            delay=float(delay_s if delay_s is not None else 1.0),
+            allow_private=not ctx.exposed,
+            allowed_origins=(origin_key(site.url),) if site is not None else (),
+        )
+        try:
+            for s in run_pipeline(proj, settings, flag.is_set):
+                progress(s.fraction, desc=f"{s.stage}: {s.message}"[:100])
+                text = "\n".join(f"- **{k}**: {v}" for k, v in s.lines.items())
+                if s.done:
+                    text += "\n\n" + ctx.L.pick(
+                        lang,
+                        "**Ready.** Open the Chat tab, press Refresh list, pick the `pipeline-…` run and Load.",
+                        "**完成。** 打开聊天页，点“刷新列表”，选择 `pipeline-…` 运行并加载。",
+                    )
+                elif s.stopped:
+                    text += "\n\n" + ctx.L.pick(
+                        lang, "Stopped: press Build again to go on.", "已停止：再次点击即可继续。"
+                    )
+                yield text
+        except PipelineError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def on_build_stop(project, lang):
+        from blocks.pipeline import stop_flag
+
+        stop_flag(get_project(project)).set()
+        request_stop(get_project(project).crawl_dir)
+        gr.Info(ctx.L.pick(lang, "Stopping the current stage…", "正在停止当前步骤…"))
+
+    build_btn.click(
+        on_build, inputs=[ctx.project, url, depth, pages, delay, demo_state, ctx.lang], outputs=pipeline_md
+    )
+    build_stop_btn.click(on_build_stop, inputs=[ctx.project, ctx.lang], outputs=None)
     demo_btn.click(on_demo, inputs=[demo_state, ctx.lang], outputs=[url, delay, demo_state])
     start_btn.click(
         on_start,

@@ -241,6 +241,16 @@ def build_tab(ctx: UIContext) -> None:
         )
         with gr.Row():
             limit = gr.Number(value=50, precision=0, minimum=1, label=L("Max test examples", "最多评估条数"))
+            questions_path = gr.Textbox(
+                label=L("Reworded questions (JSONL, optional)", "改写问题集（JSONL，可选）"),
+                info=L(
+                    "Questions worded as students ask them (question, answer, key_facts, source_url), never "
+                    "trained on: scored base / tuned, with and without retrieval, and the cited page.",
+                    "按学生的说法改写、未参与训练的问题（question、answer、key_facts、source_url）："
+                    "分别评估基座/微调、有无检索，以及引用的页面是否正确。",
+                ),
+                scale=2,
+            )
             evaluate = gr.Button(L("Evaluate", "开始评估"), variant="primary")
         eval_md = gr.Markdown()
     watch = gr.State(empty_watch())
@@ -306,7 +316,9 @@ def build_tab(ctx: UIContext) -> None:
         gr.Info(L.pick(lang, f"Started {status.run_id}.", f"已开始 {status.run_id}。"))
         return started(project, status.run_id)
 
-    def on_evaluate(project: str, run_id: str, max_items: float | None, lang: str, progress=gr.Progress()):
+    def on_evaluate(
+        project: str, run_id: str, max_items: float | None, questions: str, lang: str, progress=gr.Progress()
+    ):
         from finetune import evaluate as ev
 
         if not run_id:
@@ -324,10 +336,24 @@ def build_tab(ctx: UIContext) -> None:
                 steps = tr.list_checkpoints(run_dir)
                 adapter = run_dir / f"checkpoint-{steps[-1]}" if steps else None
             limit_n = int(max_items) if max_items else None
+            header = L.pick(lang, "Written to", "已写入")
+            if (questions or "").strip():
+                from blocks.chat import ChatError
+                from blocks.index import RetrievalError
+
+                qfile = ws.confine_path(questions)
+                try:
+                    items = ev.load_questions(qfile)[:limit_n]
+                    result = ev.evaluate_questions(
+                        adapter or run_dir / "adapter", items, ws.get_project(project), on_progress=report
+                    )
+                except (ChatError, RetrievalError) as exc:
+                    raise gr.Error(str(exc)) from exc
+                ev.write_reworded(run_dir, result, qfile)
+                return f"```\n{ev.format_reworded(result['summary'])}\n```\n{header} `{run_dir / 'eval'}`"
             metrics = ev.evaluate_run(run_dir, adapter=adapter, limit=limit_n, on_progress=report)
         except (ev.EvaluationError, ws.WorkspaceError) as exc:
             raise gr.Error(str(exc)) from exc
-        header = L.pick(lang, "Written to", "已写入")
         return f"```\n{ev.format_metrics(metrics)}\n```\n{header} `{run_dir / 'eval'}` ({metrics['adapter']})"
 
     def on_tick(project: str, run_id: str, watch_state: dict, lang: str):
@@ -343,6 +369,6 @@ def build_tab(ctx: UIContext) -> None:
     stop.click(on_stop, [ctx.project, run, ctx.lang], [runs, status_md])
     resume.click(on_resume, [ctx.project, run, ctx.lang], [run, watch, runs])
     again.click(on_again, [ctx.project, run, ctx.lang], [run, watch, runs])
-    evaluate.click(on_evaluate, [ctx.project, run, limit, ctx.lang], [eval_md])
+    evaluate.click(on_evaluate, [ctx.project, run, limit, questions_path, ctx.lang], [eval_md])
     run.change(on_tick, [ctx.project, run, watch, ctx.lang], tick_outputs, show_progress="hidden")
     timer.tick(on_tick, [ctx.project, run, watch, ctx.lang], tick_outputs, show_progress="hidden")

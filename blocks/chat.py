@@ -36,6 +36,11 @@ METHODS = ("lora", "qlora", "ptuning")
 MERGEABLE_METHODS = ("lora", "qlora")
 
 
+# HF's repetition penalty also lowers tokens of the prompt: with retrieved pages in the prompt it
+# fights the very copying of numbers and names a grounded answer needs.
+GROUNDED_REPETITION_PENALTY = 1.0
+
+
 class ChatError(ValueError):
     """A model, adapter or request the chat refuses; the message says what to do."""
 
@@ -620,15 +625,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="default 1.1, or 1.0 with --retrieve (copying a number from the pages must not be penalised)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--project", default=None, help="project whose retrieval index --retrieve uses")
     parser.add_argument(
         "--retrieve", action="store_true", help="answer from the project's pages and list the cited URLs"
     )
     args = parser.parse_args(argv)
-    params = GenParams(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
-    from blocks.index import RetrievalError, load_index
+    penalty = args.repetition_penalty
+    if penalty is None:
+        penalty = GROUNDED_REPETITION_PENALTY if args.retrieve else GenParams.repetition_penalty
+    params = GenParams(args.temperature, args.top_p, args.max_new_tokens, penalty)
+    from blocks.index import RetrievalError, ensure_index
     from blocks.workspace import WorkspaceError, get_project
 
     try:
@@ -636,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         project = None
         if args.retrieve:
             project = get_project(args.project or "demo")
-            load_index(project)  # no index: say so before the (slow) model load
+            ensure_index(project)  # nothing to index: say so before the (slow) model load
         elif args.project:
             raise ChatError("--project is used with --retrieve: add --retrieve to answer from its pages.")
         # Check the question before the (slow) model load.

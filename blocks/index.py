@@ -120,7 +120,10 @@ def tokenize(text: str) -> list[str]:
     """Search tokens: stemmed English words without stop words, numbers, jieba words for Chinese."""
     words: list[str] = []
     cjk: list[str] = []
-    for part in _SEGMENT.split(normalise_numbers(text).lower()):
+    text = normalise_numbers(text)
+    # Acronyms that look like stop words ("IT", "US") are names here: keep them.
+    acronyms = {w.lower() for w in re.findall(r"\b[A-Z]{2,}\b", text)}
+    for part in _SEGMENT.split(text.lower()):
         if not part:
             continue
         if _CJK_RE.match(part):
@@ -129,12 +132,64 @@ def tokenize(text: str) -> list[str]:
             cjk += [w for w in jieba.lcut_for_search(part) if w.strip() and w not in _ZH_STOPWORDS]
         else:
             for w in _WORD.findall(part):
-                if w in _STOPWORDS:
+                if w in _STOPWORDS and w not in acronyms:
                     continue
                 words.append(w)
                 if not w.isdigit() and re.search(r"\d", w):  # "8:00" also matches "8"
                     words += [p for p in re.split(r"[:.]", w) if p]
     return _stem(words) + cjk
+
+
+# Campus words students use for what the pages call otherwise (query side only: a question that
+# names one word of a group also searches for the others). Kept small: each group is one topic.
+SYNONYMS = (
+    "president chancellor principal rector leader leads head charge",
+    "founded established founding history old",
+    "dorm dormitory residence housing accommodation hall halls",
+    "eat food meal meals dining canteen cafeteria dinner lunch breakfast",
+    "wifi wi-fi wireless network internet",
+    "phone call ring telephone contact",
+    "cost price fee fees tuition pay charge much expensive",
+    "deadline due cutoff last",
+    "borrow loan checkout",
+    "clinic hospital doctor medical sick health",
+    "laptop computer helpdesk tech",
+    "shuttle bus transport",
+    "scholarship award aid grant bursary",
+    "宿舍 住宿 公寓 住",
+    "食堂 餐厅 吃饭 就餐",
+    "电话 联系 号码 热线",
+    "费用 学费 多少钱 收费",
+    "校长 领导",
+    "创建 成立 始建 建校 历史",
+    "无线 网络 上网",
+    "医院 看病 校医院 急诊",
+    "奖学金 资助 助学金",
+)
+
+
+def _synonym_table() -> dict[str, set[str]]:
+    table: dict[str, set[str]] = {}
+    for group in SYNONYMS:
+        words = group.split()
+        stems = [w if _CJK_RE.match(w) else _stem([w.replace("-", "")])[0] for w in words]
+        for stem in stems:
+            table.setdefault(stem, set()).update(stems)
+    return table
+
+
+_SYNONYM_TABLE: dict[str, set[str]] | None = None
+
+
+def expand_query(tokens: list[str]) -> list[str]:
+    """The query's tokens plus the other words of each synonym group it touches."""
+    global _SYNONYM_TABLE
+    if _SYNONYM_TABLE is None:
+        _SYNONYM_TABLE = _synonym_table()
+    extra: list[str] = []
+    for t in tokens:
+        extra += sorted(_SYNONYM_TABLE.get(t, set()) - set(tokens) - set(extra))
+    return tokens + extra
 
 
 def split_passages(text: str, max_chars: int | None = None) -> list[str]:
@@ -381,7 +436,7 @@ class SearchIndex:
 
     def search(self, query: str, k: int = TOP_K, exclude: set[str] | None = None) -> list[Hit]:
         """The k best passages for `query` (score > 0), skipping passages whose source is in `exclude`."""
-        tokens = tokenize(query)
+        tokens = expand_query(tokenize(query))
         if not tokens or not self.passages:
             return []
         want = min(len(self.passages), k + (len(exclude) * 8 if exclude else 0) + 8)
@@ -421,6 +476,13 @@ def load_index(project: Project) -> SearchIndex:
         index = SearchIndex(read_passages(project))
         _CACHE[path] = (mtime, index)
         return index
+
+
+def ensure_index(project: Project) -> SearchIndex:
+    """The project's index, built first when there is none yet (RetrievalError if nothing to index)."""
+    if not has_index(project):
+        build_index(project)
+    return load_index(project)
 
 
 def retrieve(project: Project, question: str, k: int = TOP_K) -> list[Hit]:

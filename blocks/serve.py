@@ -313,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         project = None
         if args.project:
-            from blocks.index import load_index
+            from blocks.index import ensure_index
             from blocks.workspace import get_project
 
             project = get_project(args.project)
-            load_index(project)  # no index: say so before the slow model load
+            ensure_index(project)  # nothing to index: say so before the slow model load
         sock = bind_socket(args.host, args.port)  # before the slow model load: fail fast on a taken port
         loaded = load_model(args.model, args.adapter, args.device)
     except (ChatError, ServeError, ValueError) as exc:

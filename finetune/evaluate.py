@@ -521,15 +521,18 @@ def evaluate_questions(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Answer each question in each mode exactly as `blocks.chat` does (greedy) and score the replies."""
-    from blocks.chat import GenParams, generate_reply, load_model
-    from blocks.index import cited_hits, grounded_messages, load_index
+    from blocks.chat import GROUNDED_REPETITION_PENALTY, GenParams, generate_reply, load_model
+    from blocks.index import cited_hits, ensure_index, grounded_messages
 
     if any(m.endswith("+retrieval") for m in modes):
         if project is None:
             raise EvaluationError("The retrieval modes need a project with an index: pass --project NAME.")
-        index = load_index(project)
+        index = ensure_index(project)
     loaded = load_model(base, adapter_dir)
-    params = GenParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    plain = GenParams(temperature=0.0, max_new_tokens=max_new_tokens)  # as blocks.chat --temperature 0
+    grounded_params = GenParams(
+        temperature=0.0, max_new_tokens=max_new_tokens, repetition_penalty=GROUNDED_REPETITION_PENALTY
+    )
     rows = [{"question": q.question, "key_facts": q.key_facts, "source_url": q.source_url} for q in questions]
     summary = {}
     total = len(modes) * len(questions)
@@ -547,6 +550,7 @@ def evaluate_questions(
                 if grounded
                 else [{"role": "user", "content": q.question}]
             )
+            params = grounded_params if grounded else plain
             reply = generate_reply(loaded, messages, params, use_adapter=use_adapter).text
             hits_ok = all(fact_hits(reply, q.key_facts))
             all_facts.append(hits_ok)
