@@ -40,8 +40,21 @@ def build_tab(ctx: UIContext) -> None:
         overlap = gr.Number(value=80, precision=0, label=ctx.L("Overlap (tokens)", "分块重叠（token）"))
         max_q = gr.Slider(1, 20, value=8, step=1, label=ctx.L("Max questions per chunk", "每块最多问题数"))
     with gr.Row():
-        variants = gr.Slider(
-            0, 5, value=0, step=1, label=ctx.L("Paraphrases per question", "每个问题的改写数")
+        method = gr.Radio(
+            ["auto", "sentence", "passage"],
+            value="auto",
+            label=ctx.L(
+                "Method (auto: a question per sentence for small local models, JSON pairs per chunk otherwise)",
+                "方式（auto：小型本地模型逐句出题，其他模型按文本块生成 JSON 问答）",
+            ),
+        )
+        variants = gr.Dropdown(
+            ["auto", "0", "1", "2", "3", "4", "5"],
+            value="auto",
+            label=ctx.L(
+                "Paraphrases per question (auto: 2, none for small local models)",
+                "每个问题的改写数（auto：2，小型本地模型不改写）",
+            ),
         )
         judge = gr.Checkbox(value=False, label=ctx.L("LLM judge checks every answer", "用大模型复核答案"))
         threshold = gr.Slider(
@@ -58,6 +71,11 @@ def build_tab(ctx: UIContext) -> None:
                 "复核提示词（{text}、{question}、{answer}）",
             ),
             ("paraphrase", "Paraphrase prompt ({question}, {k})", "改写提示词（{question}、{k}）"),
+            (
+                "question",
+                "Sentence-method prompt (few-shot: 'statement => question' blocks, then {title}: {fact})",
+                "逐句出题提示词（示例：“陈述 => 问题”段落，最后是 {title}：{fact}）",
+            ),
         ],
     )
     with gr.Row():
@@ -71,17 +89,19 @@ def build_tab(ctx: UIContext) -> None:
     def on_start(
         project, lang, backend, key, url, model, conc, path, bs, release, *rest, progress=gr.Progress()
     ):
-        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para, static = rest
+        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para, static, meth, p_question = rest
         try:
             settings = QASettings(
                 prompt=p_qa,
                 judge_prompt=p_judge,
                 paraphrase_prompt=p_para,
+                question_prompt=custom_question_prompt(p_question),
+                method=meth,
                 source=src,
                 chunk_tokens=int(chunk),
                 overlap_tokens=int(ovl),
                 max_questions=int(mq),
-                variants=int(var),
+                variants=None if var == "auto" else int(var),
                 judge=bool(jdg),
                 grounding_threshold=float(thr),
                 concurrency=int(conc),
@@ -105,10 +125,19 @@ def build_tab(ctx: UIContext) -> None:
     ]
     inputs += [f["model_path"], f["batch_size"], f["release"], source, chunk_tokens, overlap, max_q, variants]
     inputs += [judge, threshold, overwrite, prompts["qa"], prompts["judge"], prompts["paraphrase"]]
-    inputs += [f["static_cache"]]
+    inputs += [f["static_cache"], method, prompts["question"]]
     start.click(on_start, inputs=inputs, outputs=[status, preview])
     stop.click(lambda p, lang: on_stop(ctx, p, lang, "qa"), inputs=[ctx.project, ctx.lang], outputs=status)
     f["unload"].click(f["on_unload"], inputs=ctx.lang, outputs=status)
+
+
+def custom_question_prompt(text: str) -> str:
+    """The sentence-method prompt the user edited, or '' for a default (each fact then gets the one
+    in its own language, whichever default the editor shows)."""
+    from blocks.clean import load_prompt
+
+    defaults = {load_prompt("question", lang).strip() for lang in ("en", "zh")}
+    return "" if text.strip() in defaults else text
 
 
 def read_preview(path: Path, n: int = 20) -> list[list[str]]:

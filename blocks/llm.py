@@ -723,6 +723,14 @@ def _choose(logits, temperature: float):
     return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
 
 
+def short_answer_done(text: str, stop_strings: tuple[str, ...]) -> bool:
+    """A short answer (one that has stop strings) is done at a stop string, or once it loops: its last
+    8 characters already appeared earlier (a small model repeating itself never reaches the stop string)."""
+    if any(x in text for x in stop_strings):
+        return True
+    return len(text) >= 24 and text[-8:] in text[:-8]
+
+
 def default_cpu_threads() -> int:
     """Torch threads for CPU generation: one per physical core (half the logical CPUs), at least one.
 
@@ -791,7 +799,8 @@ class LocalClient:
     ) -> list[str]:
         """Answer several conversations in one left-padded generate() call; order is kept.
 
-        A row ends at the end-of-sequence token or once its text contains one of `stop_strings` (kept).
+        A row ends at the end-of-sequence token or once its text contains one of `stop_strings` (kept) or
+        loops (see short_answer_done).
         Raises StoppedError when `stop` is set before or during the batch (checked between tokens).
         """
         if stop is not None and stop.is_set():
@@ -825,7 +834,7 @@ class LocalClient:
                     stop=stop,
                     on_tokens=on_tokens,
                     row_done=(
-                        (lambda ids: any(x in tokenizer.decode(ids) for x in stop_strings))
+                        (lambda ids: short_answer_done(tokenizer.decode(ids), stop_strings))
                         if stop_strings
                         else None
                     ),

@@ -97,7 +97,7 @@ METHODS = ("auto", "passage", "sentence")
 SMALL_MODEL_PARAMETERS = 1_000_000_000  # below this a local model gets the sentence method (see QASettings)
 DEFAULT_VARIANTS = 2  # paraphrases per question for API and bigger models (variants=None)
 SENTENCE_CHUNK_TOKENS = 256  # sentence method: chunks this small, so max_questions rarely leaves facts out
-QUESTION_TOKENS = 48  # sentence method: new tokens for one question
+QUESTION_TOKENS = 40  # sentence method: new tokens for one question (~30 English words, ~20 汉字)
 
 
 @dataclass

@@ -407,7 +407,7 @@ def test_sentence_method_answers_with_the_page_sentence_and_counts_what_it_drops
     ]
     assert report.drops == {"invented_name": 1, "gives_answer": 1}
     assert len(server.requests) == 5  # one short request per fact sentence, no paraphrases by default
-    assert all(r["body"]["max_tokens"] <= 48 for r in server.requests)
+    assert all(r["body"]["max_tokens"] <= 40 for r in server.requests)
     assert "5/5 sentences" in report.summary()
 
 
