@@ -14,6 +14,8 @@ cleanly; run the same command again to go on. At the end it prints the command t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -191,7 +193,35 @@ def _config(project: Project, settings: PipelineSettings) -> Path:
     cfg = load_preset(settings.preset or ("gpu-24gb" if big else "cpu-demo"), project.name)
     if settings.base_model:
         cfg.base_model = settings.base_model
+    fit_lengths(cfg)
     return save_config(cfg, project.root / "configs" / "pipeline.yaml")
+
+
+def fit_lengths(cfg) -> None:
+    """Shorten the prompt length so prompt + answer fit the model's context (a short-context model
+    would otherwise be refused by the config check)."""
+    from blocks.config import resolve_path
+
+    try:
+        model_config = json.loads((resolve_path(cfg.base_model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a hub id or a missing folder: the config check says what is wrong
+    limit = model_config.get("max_position_embeddings")
+    if isinstance(limit, int) and cfg.max_input_length + cfg.max_output_length > limit:
+        cfg.max_output_length = min(cfg.max_output_length, limit // 2)
+        cfg.max_input_length = limit - cfg.max_output_length
+
+
+def _train_sha(project: Project) -> str:
+    return hashlib.sha256((project.dataset_dir / "train.jsonl").read_bytes()).hexdigest()
+
+
+def _read_marker(run_dir: Path) -> str | None:
+    """The training data a pipeline run was started on (None if unknown)."""
+    try:
+        return json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8")).get("train_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _train(project, config_file, stop, say, status):
@@ -201,6 +231,10 @@ def _train(project, config_file, stop, say, status):
     run_dir = None
     if previous:
         last = tr.get_run_status(previous[-1])
+        if last.has_adapter and _read_marker(previous[-1]) == _train_sha(project):
+            status.run_dir, status.done = previous[-1], True  # trained on this very dataset already
+            yield say("training", f"done earlier: chat with `{chat_command(project, previous[-1])}`", 1.0)
+            return
         if last.active:
             run_dir = previous[-1]  # a pipeline run is training already (e.g. the page was reloaded)
         elif not (previous[-1] / "adapter").is_dir() and tr.list_checkpoints(previous[-1]):
@@ -212,6 +246,9 @@ def _train(project, config_file, stop, say, status):
             run_dir = tr.start_run(project.name, config_file, run_id).run_dir
         except tr.TrainingError as exc:
             raise PipelineError(f"training: {exc}") from exc
+        from blocks.clean import write_text_atomic
+
+        write_text_atomic(Path(run_dir) / "pipeline.json", json.dumps({"train_sha256": _train_sha(project)}))
     status.run_dir = Path(run_dir)
     while True:
         s = tr.get_run_status(run_dir)
