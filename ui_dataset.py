@@ -56,6 +56,20 @@ def format_stats(stats: dict, lang: str) -> str:
         cut = tokens["truncated"][split]["any"] if tokens else "–"
         lines.append(f"| {t(*SPLIT_NAMES[split])} | {row['records']} | {row['groups']} | {cut} |")
     lines.append("")
+    rw = stats.get("rewordings") or {}
+    if rw.get("facts"):
+        kinds = stats.get("records_by_kind", {}).get("train", {})
+        lines.append(
+            t(
+                f"Train: {rw['facts']} facts, rewordings per fact min {rw['min']} / mean {rw['mean']} / max "
+                f"{rw['max']} ({kinds.get('reworded', 0)} reworded, {kinds.get('raft', 0)} retrieval-aware "
+                f"records; retrieval index: {stats.get('retrieval')}).",
+                f"训练集：{rw['facts']} 个事实，每个事实的改写数 最少 {rw['min']} / 平均 {rw['mean']} / 最多 "
+                f"{rw['max']}（改写 {kinds.get('reworded', 0)} 条，检索增强 {kinds.get('raft', 0)} 条；"
+                f"检索索引：{stats.get('retrieval')}）。",
+            )
+        )
+        lines.append("")
     if stats["drops"]:
         lines += [t("| dropped because | pairs |", "| 丢弃原因 | 数量 |"), "|---|---:|"]
         for reason, count in stats["drops"].items():
@@ -186,6 +200,21 @@ def build_tab(ctx: UIContext) -> None:
                 value=False,
                 label=L('End answers with "Source: <url>"', "答案末尾附上“Source: <网址>”"),
             )
+        with gr.Row():
+            rewordings = gr.Number(
+                value=3,
+                precision=0,
+                minimum=0,
+                maximum=10,
+                label=L("Rewordings per question (train)", "每个问题的改写数（训练集）"),
+            )
+            retrieval = gr.Checkbox(
+                value=True,
+                label=L(
+                    "Retrieval-aware records: questions behind the site's passages (RAFT)",
+                    "检索增强样本：问题前附上网站检索到的段落（RAFT）",
+                ),
+            )
         system = gr.Textbox(
             value="",
             lines=2,
@@ -219,7 +248,8 @@ def build_tab(ctx: UIContext) -> None:
 
     def on_build(
         project_name, lang, paths_text, files, split_text, seed_value, system_text, cite_on,
-        model_path, max_input, max_output, max_question, max_answer, progress=gr.Progress(),
+        model_path, max_input, max_output, max_question, max_answer, n_rewordings, use_retrieval,
+        progress=gr.Progress(),
     ):  # fmt: skip
         try:
             project = get_project(project_name)
@@ -237,6 +267,8 @@ def build_tab(ctx: UIContext) -> None:
                 max_answer_chars=whole_number(max_answer, "Drop answers longer than"),
                 max_input_length=whole_number(max_input, "Max input tokens"),
                 max_output_length=whole_number(max_output, "Max output tokens"),
+                rewordings=whole_number(n_rewordings, "Rewordings per question"),
+                retrieval=bool(use_retrieval),
             )
             chosen = confine_path(model_path) if (model_path or "").strip() else None
             report = ds.build_dataset(
@@ -293,6 +325,8 @@ def build_tab(ctx: UIContext) -> None:
             max_out,
             max_q,
             max_a,
+            rewordings,
+            retrieval,
         ],
         outputs=[summary, preview, raw],
     )

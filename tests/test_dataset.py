@@ -60,7 +60,10 @@ def project(workspace):
 
 def test_build_writes_chat_splits_grouped_by_page(project, tiny_model_dir):
     write_qa(project.root, make_pairs())
-    report = ds.build_dataset(project.root, model_path=tiny_model_dir)
+    # plain pairs: this test is about splitting (augmentation: tests/test_index.py)
+    report = ds.build_dataset(
+        project.root, options=ds.DatasetOptions(rewordings=0, retrieval=False), model_path=tiny_model_dir
+    )
 
     splits = {s: read_split(project.root, s) for s in ds.SPLITS}
     assert sum(len(v) for v in splits.values()) == 36
@@ -103,7 +106,8 @@ def test_split_is_reproducible_independent_of_input_order_and_changes_with_seed(
 
 def test_ratios_are_followed_on_larger_data(project):
     write_qa(project.root, make_pairs(pages=100, per_page=2))
-    report = ds.build_dataset(project.root, options=ds.DatasetOptions(ratios=(7, 2, 1)))
+    options = ds.DatasetOptions(ratios=(7, 2, 1), rewordings=0, retrieval=False)
+    report = ds.build_dataset(project.root, options=options)
     counts = {s: v["records"] for s, v in report.stats["splits"].items()}
     assert counts == {"train": 140, "dev": 40, "test": 20}
 
@@ -158,8 +162,8 @@ def test_too_few_pages_says_what_is_needed(project):
 
 def test_rebuild_replaces_files_instead_of_appending(project):
     write_qa(project.root, make_pairs(pages=6, per_page=2))
-    ds.build_dataset(project.root)
-    ds.build_dataset(project.root)
+    ds.build_dataset(project.root, options=ds.DatasetOptions(rewordings=0, retrieval=False))
+    ds.build_dataset(project.root, options=ds.DatasetOptions(rewordings=0, retrieval=False))
     assert sum(len(read_split(project.root, s)) for s in ds.SPLITS) == 12
     leftovers = [p.name for p in project.dataset_dir.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
@@ -460,7 +464,19 @@ def test_cli_builds_checks_and_explains_errors(project, tiny_model_dir, capsys):
 
     write_qa(project.root, make_pairs(pages=5, per_page=2))
     code = ds.main(
-        ["--project", "campus", "--model", str(tiny_model_dir), "--split", "3:1:1", "--preview", "1"]
+        [
+            "--project",
+            "campus",
+            "--model",
+            str(tiny_model_dir),
+            "--split",
+            "3:1:1",
+            "--preview",
+            "1",
+            "--rewordings",
+            "0",
+            "--no-retrieval",
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -518,6 +534,8 @@ def _ui_args(tiny_model_dir, **over) -> list:
         "max_out": 512,
         "max_q": 1000,
         "max_a": 4000,
+        "rewordings": 3,
+        "retrieval": True,
     }
     values.update(over)
     return list(values.values())
@@ -534,11 +552,12 @@ def test_tab_builds_from_project_qa_and_shows_stats_drops_and_preview(tab, works
     assert "| exact duplicate | 1 |" in summary and "| malformed line (see problems) | 1 |" in summary
     assert "`qa.jsonl:14: not valid JSON" in summary
     assert "| total |" in summary
+    assert "rewordings per fact min 3 / mean 3.0 / max 3" in summary
     assert preview.count("<|im_start|>user") == 5
     assert raw["kept"] == 12
     assert "The dataset is valid" in tab["on_check"]("campus", "en")
     zh_summary = tab["on_build"](*_ui_args(tiny_model_dir, lang="zh"))[0]
-    assert "保留 12 个问答对" in zh_summary and "完全重复" in zh_summary
+    assert "保留 12 个问答对" in zh_summary and "完全重复" in zh_summary and "每个事实的改写数" in zh_summary
     # The project picker reloads the default input and the last build's summary.
     default, shown = tab["on_project"]("campus", "en")
     assert default.endswith("campus/qa/qa.jsonl") and "kept 12 pairs" in shown
