@@ -478,16 +478,27 @@ def load_index(project: Project) -> SearchIndex:
         return index
 
 
+def is_stale(project: Project) -> bool:
+    """True when there is no index, or a crawl, clean or QA run wrote after it was built."""
+    built = index_dir(project) / "passages.jsonl"
+    if not built.is_file():
+        return True
+    inputs = [project.crawl_dir / "pages.jsonl", project.qa_file, project.clean_dir]
+    newest = max((p.stat().st_mtime for p in inputs if p.exists()), default=0.0)
+    return newest > built.stat().st_mtime
+
+
 def ensure_index(project: Project) -> SearchIndex:
-    """The project's index, built first when there is none yet (RetrievalError if nothing to index)."""
-    if not has_index(project):
+    """The project's index, refreshed first when missing or older than the pages (RetrievalError if there
+    is nothing to index). The refresh re-splits only changed pages, so this is cheap."""
+    if is_stale(project):
         build_index(project)
     return load_index(project)
 
 
 def retrieve(project: Project, question: str, k: int = TOP_K) -> list[Hit]:
-    """The passages to answer `question` from."""
-    return load_index(project).search(question, k)
+    """The passages to answer `question` from (the index refreshed first if the pages changed)."""
+    return ensure_index(project).search(question, k)
 
 
 # ---------------------------------------------------------------- CLI

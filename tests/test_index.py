@@ -92,7 +92,9 @@ def test_refresh_reindexes_only_changed_pages_and_drops_vanished_ones(workspace)
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows[1]["status"] = "vanished"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ix.is_stale(project)  # the crawl wrote after the build: the next search refreshes first
     report = ix.build_index(project)
+    assert not ix.is_stale(project)
     assert (report.rebuilt, report.reused, report.removed) == (1, 2, 1)
     assert ix.retrieve(project, "which wifi network")[0].passage.text == "Wi-Fi: join CampusAir now."
     assert not any("housing" in h.passage.url for h in ix.retrieve(project, "double room semester cost"))
