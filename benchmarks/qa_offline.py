@@ -1,7 +1,7 @@
 """QA generation offline: the embedded model on the demo site, new defaults vs the old ones, same run.
 
     python benchmarks/qa_offline.py                       # whole site, new defaults; old defaults 120 s
-    python benchmarks/qa_offline.py --only en --variants 2 --old-seconds 0
+    python benchmarks/qa_offline.py --only en --variants 2 --prompt-lang en --old-seconds 0
     python benchmarks/qa_offline.py --batch-size 8 --threads 2
 
 Serves the demo site on loopback, crawls it (blocks.crawl) into a temporary project, runs
@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=["all", "en", "zh"], default="all", help="pages of one language")
     parser.add_argument("--variants", type=int, default=None, help="paraphrases per question (default: auto)")
+    parser.add_argument(
+        "--prompt-lang", choices=["zh", "en"], default="zh", help="passage/paraphrase prompts"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = LocalClient's default)")
     parser.add_argument("--old-seconds", type=float, default=120.0, help="time given to the old defaults")
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         result["load_s"] = round(time.monotonic() - t, 1)
 
         print("new defaults (method auto -> sentence for the 135M model):")
-        result["new"] = run_qa(new, client, QASettings(variants=args.variants))
+        result["new"] = run_qa(new, client, QASettings(variants=args.variants, prompt_lang=args.prompt_lang))
         result["new"]["pages"] = rows = page_rows(new)
         print_rows(rows)
         en = [r for r in rows if r["lang"] == "en"]
