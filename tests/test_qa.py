@@ -411,15 +411,21 @@ def test_sentence_method_answers_with_the_page_sentence_and_counts_what_it_drops
     assert "5/5 sentences" in report.summary()
 
 
-def test_a_page_without_any_question_fails_with_a_plain_readable_reason(workspace):
+def test_a_page_without_any_question_is_counted_not_retried_and_its_reason_is_plain_text(workspace):
+    """An English-only model on a Chinese page: no pairs, said so in the summary and the page's state, and a
+    rerun does not spend minutes asking again (greedy decoding would write the same)."""
     project = get_project("zh")
     write_crawl(project.root, [DEMO_PAGES[0]])
     with FakeLLMServer(lambda m: "# 东湖大学\n---\n**图书馆** 图书馆 图书馆") as server:
-        settings = QASettings(method="sentence")
-        report = run(generate_qa(project, OpenAIClient(server.url, "m"), settings, policy=FAST))
-    assert report.failed == 1 and report.pairs == 0
-    message = report.failures["000000"]
-    assert "English-only" in message and "#" not in message and "---" not in message and "**" not in message
+        client = OpenAIClient(server.url, "m")
+        report = run(generate_qa(project, client, QASettings(method="sentence"), policy=FAST))
+        sent = len(server.requests)
+        again = run(generate_qa(project, client, QASettings(method="sentence"), policy=FAST))
+        assert len(server.requests) == sent and again.skipped == 1
+    assert report.failed == 0 and report.pairs == 0
+    assert "pages_without_questions 1" in report.summary()
+    reason = read_jsonl(project.qa_dir / "state.jsonl")[-1]["reason"]
+    assert "English-only" in reason and "#" not in reason and "---" not in reason and "**" not in reason
 
 
 def test_api_models_get_two_fact_keeping_paraphrases_per_question_by_default(workspace):
