@@ -89,7 +89,8 @@ def build_tab(ctx: UIContext) -> None:
     def on_start(
         project, lang, backend, key, url, model, conc, path, bs, release, *rest, progress=gr.Progress()
     ):
-        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para, static, meth, p_question = rest
+        src, chunk, ovl, mq, var, jdg, thr, over, p_qa, p_judge, p_para, static, *newer = rest
+        meth, p_question = [*newer, "auto", ""][:2]  # inputs added later; older callers leave them out
         try:
             settings = QASettings(
                 prompt=p_qa,

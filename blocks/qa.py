@@ -867,7 +867,7 @@ def _finish_page(project: Project, client, item: dict, version: str, report: Run
     note = None
     if item["error"] is None and item["drops"].get("unparseable", 0) == item["answers"] > 0:
         sample = " ".join(strip_think(item["sample"]).split())[:120] or "(only <think> reasoning)"
-        sample = re.sub(r"[#*_`|<>\[\]=~-]+", " ", sample).strip()  # shown in Markdown: no headings/rules
+        sample = re.sub(r"#+|={2,}|-{3,}|\*+|_{2,}|`+", " ", sample).strip()  # shown as Markdown: no headings
         if item.get("sentence"):
             # Greedy decoding: a rerun with this model would write the same non-questions, so the page is
             # done with no pairs (counted in the summary), not a failure to retry on every run.
