@@ -724,11 +724,12 @@ def _choose(logits, temperature: float):
 
 
 def short_answer_done(text: str, stop_strings: tuple[str, ...]) -> bool:
-    """A short answer (one that has stop strings) is done at a stop string, or once it loops: its last
-    8 characters already appeared earlier (a small model repeating itself never reaches the stop string)."""
+    """A short answer (one that has stop strings) is done at a stop string, or once it loops: its last 12
+    characters occur three times (a small model repeating itself never reaches the stop string; a
+    question may name "Eastlake University" twice, not three times)."""
     if any(x in text for x in stop_strings):
         return True
-    return len(text) >= 24 and text[-8:] in text[:-8]
+    return len(text) >= 36 and text.count(text[-12:]) >= 3
 
 
 def default_cpu_threads() -> int:

@@ -376,3 +376,13 @@ def test_rows_end_at_their_stop_string_and_heartbeats_count_the_tokens(tiny_clie
             answers[i] = result
     assert [answers[0], answers[1]] == full  # heartbeats change nothing in the answers
     assert len(beats) > 1 and sum(b.tokens for b in beats) == 2 * 24  # no end-of-sequence: 24 tokens a row
+
+
+def test_a_short_answer_ends_at_its_stop_string_or_when_it_loops():
+    stops = ("?", "？")
+    assert llm.short_answer_done("When does the library open?", stops)
+    assert llm.short_answer_done("东湖大学图书馆几点开门？", stops)
+    assert llm.short_answer_done("通知公告2024-11-20通知2024-11-20通知2024-11-20通知2024-11-20", stops)
+    # a question still being written, even one that names the university twice, goes on
+    assert not llm.short_answer_done("What is the name of the university Eastlake University", stops)
+    assert not llm.short_answer_done("Where is Eastlake University's library, the Eastlake University", stops)
