@@ -73,7 +73,7 @@ def page_rows(project) -> list[dict]:
                 "verbatim": sum(p["answer"] in text for p in mine),
                 "status": state.get(page.id, {}).get("status", "-"),
                 "drops": state.get(page.id, {}).get("drops", {}),
-                "examples": [(p["question"], p["answer"]) for p in mine[:3]],
+                "examples": [(p["question"], p["answer"]) for p in mine],
             }
         )
     return rows
@@ -119,7 +119,7 @@ def print_rows(rows: list[dict]) -> None:
             f"{r['verbatim']:5d}  {r['status']:6}  {drops}"
         )
     for r in rows:
-        for q, a in r["examples"]:
+        for q, a in r["examples"][:3]:
             print(f"  [{r['page'][:30]}] {q}  =>  {a[:100]}")
 
 
