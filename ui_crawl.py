@@ -20,13 +20,16 @@ TABLE_HEADERS = ["id", "title", "url", "kind", "status", "chars"]
 
 
 def manifest_table(project: str) -> list[list]:
-    """Rows of the saved-pages table for a project."""
+    """Rows of the saved-pages table for a project (a damaged row shows blanks, never an error)."""
     try:
         crawl_dir = get_project(project).crawl_dir
     except WorkspaceError:
         return []
-    return [[d["id"], d["title"], d["url"], d.get("kind", ""), d["status"], d.get("chars", "")]
-            for d in read_manifest(crawl_dir)]  # fmt: skip
+    rows = []
+    for doc in read_manifest(crawl_dir):
+        values = [doc.get(key, "") for key in TABLE_HEADERS]
+        rows.append([v if isinstance(v, int | float | str) else "" if v is None else str(v) for v in values])
+    return rows
 
 
 def progress_markdown(ctx: UIContext, lang: str, progress, skipped: list[dict] | None = None) -> str:

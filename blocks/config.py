@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import reprlib
 import sys
 import types
 import typing
@@ -30,6 +32,10 @@ METHODS = ("lora", "qlora", "ptuning")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SWITCHES = ("auto", "on", "off")
+MAX_CONFIG_BYTES = 1_000_000  # a config is about 1 KB; anything near this size is not one
+MAX_WHOLE_NUMBER = 2**31 - 1  # steps, lengths, sizes: far beyond any real run, within every library's int
+MAX_SEED = 2**32 - 1  # numpy's limit (transformers.set_seed seeds numpy, torch and random alike)
+MAX_EPOCHS = 10_000
 
 # LoRA targets per architecture (model_type in config.json): every linear layer of attention and MLP.
 LORA_TARGETS = {
@@ -119,37 +125,42 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _shown(value) -> str:
+    """A value for an error message, cut short (a huge or deeply shared value is never expanded)."""
+    return reprlib.repr(value)
+
+
 def _convert(value, tp, key: str):
     """Check `value` against the annotation `tp`; return it (ints accepted for floats) or raise."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}.")
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {_shown(value)}.")
         return from_dict(value, tp, prefix=f"{key}.")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list of {_type_name(item)}, got {value!r}.")
+            raise ConfigError(f"{key}: expected a list of {_type_name(item)}, got {_shown(value)}.")
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation {tp}")  # no optional fields: "" or -1 mean "unset"
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}.")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(value)}.")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number (e.g. 0.0002 or 2e-4), got {value!r}.")
+            raise ConfigError(f"{key}: expected a number (e.g. 0.0002 or 2e-4), got {_shown(value)}.")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}.")
+            raise ConfigError(f"{key}: expected a whole number, got {_shown(value)}.")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected text, got {value!r} (quote it in YAML).")
+            raise ConfigError(f"{key}: expected text, got {_shown(value)} (quote it in YAML).")
         return value
     raise TypeError(f"unsupported annotation {tp}")
 
@@ -235,6 +246,17 @@ def resolve_switches(cfg: TrainConfig, cuda: bool, bf16_supported: bool) -> dict
     return {"precision": precision, "gradient_checkpointing": checkpointing, "torch_compile": compile_layers}
 
 
+def number_fields(cfg: TrainConfig) -> list[tuple[str, int | float]]:
+    """(dotted name, value) of every number in the config, the lora and ptuning sections included."""
+    found = []
+    for section, obj in (("", cfg), ("lora.", cfg.lora), ("ptuning.", cfg.ptuning)):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                found.append((section + f.name, value))
+    return found
+
+
 def check_fields(cfg: TrainConfig) -> list[str]:
     """Problems visible from the config alone (ranges, choices, impossible combinations)."""
     problems = []
@@ -243,6 +265,19 @@ def check_fields(cfg: TrainConfig) -> list[str]:
         if not ok:
             problems.append(message)
 
+    for name, value in number_fields(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{name} is {value}: enter a finite number (not nan or inf).")
+        elif isinstance(value, int) and name != "seed" and abs(value) > MAX_WHOLE_NUMBER:
+            problems.append(f"{name} is {value}: enter a whole number below {MAX_WHOLE_NUMBER + 1}.")
+    need(
+        isinstance(cfg.seed, int) and 0 <= cfg.seed <= MAX_SEED,
+        f"seed is {_shown(cfg.seed)}: enter a whole number from 0 to {MAX_SEED}.",
+    )
+    need(
+        not math.isfinite(cfg.num_epochs) or cfg.num_epochs <= MAX_EPOCHS,
+        f"num_epochs is {cfg.num_epochs}: enter at most {MAX_EPOCHS} (or set max_steps).",
+    )
     need(cfg.method in METHODS, f"method {cfg.method!r} is not one of {', '.join(METHODS)}.")
     need(
         bool(cfg.base_model.strip()), "base_model is empty: enter a model folder (default: the embedded one)."
@@ -478,6 +513,27 @@ def estimate_memory(
 # ---------------------------------------------------------------- I/O
 
 
+def parse_yaml(text: str):
+    """Plain YAML data; anchors and aliases are refused before any object is built.
+
+    An alias repeats a value without copying it, so a few hundred bytes can stand for billions of
+    items (a "billion laughs"): checking or printing them would take minutes and gigabytes.
+    """
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                line = event.start_mark.line + 1
+                raise ConfigError(
+                    f"line {line} uses a YAML anchor or alias (&name / *name), which configs do not allow: "
+                    "write the value out in full."
+                )
+        return yaml.safe_load(text)
+    except RecursionError as exc:
+        raise ConfigError("values are nested too deeply for a config: write a flat mapping of keys.") from exc
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config; unknown keys, wrong types and impossible values raise ConfigError."""
     import yaml
@@ -487,10 +543,17 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError(
             f"Config file {path} does not exist: create one in the Config tab or from a preset."
         )
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is {path.stat().st_size} bytes: a training config is about 1 KB; choose a config YAML "
+            "saved by the Config tab."
+        )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text: choose a config YAML saved by the Config tab.") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     try:

@@ -21,6 +21,8 @@ import hashlib
 import io
 import ipaddress
 import json
+import logging
+import math
 import os
 import re
 import socket
@@ -41,9 +43,11 @@ from urllib.robotparser import RobotFileParser
 
 from blocks.extract import read_html
 
+log = logging.getLogger(__name__)
 ROBOTS_TOKEN = "UMTCDS-crawler"
 USER_AGENT = f"{ROBOTS_TOKEN}/1.0 (campus chatbot builder; obeys robots.txt; +https://github.com/umtcds)"
 STOP_FILE = "STOP"
+MAX_DELAY_S = 3600.0  # an hour between requests to one host: politer than any site asks
 
 # Query parameters that only track visitors or sessions; every other parameter is kept, in particular
 # the ones that identify articles on Chinese campus CMSs (KEEP_PARAMS, documented for readers/tests).
@@ -797,21 +801,44 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (killed mid-write) is ignored."""
+    """The JSON objects of a JSONL file, one per line.
+
+    A line that is not one (torn by a kill or a full disk, cut inside a UTF-8 character, blank, or
+    damaged on disk) is skipped with a warning wherever it is: the rest of the file is still good.
+    """
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines) - 1:
-                break
-            raise
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            log.warning("%s:%d: skipping a line that is not a JSON object: %.80r", path, number, raw)
     return rows
+
+
+def is_state_row(row: dict) -> bool:
+    """True when a state.jsonl row has the fields a resume relies on (else it is skipped as damaged)."""
+    if not isinstance(row.get("run"), int):
+        return False
+    if "url" not in row:
+        return True  # run and end events
+    doc = row.get("doc")
+    if not isinstance(row["url"], str):
+        return False
+    return doc is None or (
+        isinstance(doc, dict)
+        and isinstance(doc.get("id"), int)
+        and all(isinstance(doc.get(k), str) for k in ("url", "sha256", "simhash", "text_file"))
+        and doc.get("status") in ("new", "changed", "unchanged", "vanished")
+        and re.fullmatch(r"[0-9a-f]{1,16}", doc["simhash"]) is not None
+    )
 
 
 def read_manifest(out_dir: Path) -> list[dict]:
@@ -866,18 +893,33 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out
 
 
+def is_number(value, whole: bool = False) -> bool:
+    """True for a finite int or float (not a bool, NaN or infinity); `whole`: an int value."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or not whole)):
+        return False
+    return True
+
+
 def check_options(options: CrawlOptions) -> None:
-    """Refuse nonsensical bounds with a message naming the field."""
+    """Refuse nonsensical bounds with a message naming the field (NaN and infinity included: a NaN
+    delay passes every comparison and never ends a wait; an infinite one cannot be slept)."""
     problems = []
-    if options.max_depth < 0:
-        problems.append("max depth must be 0 or more")
-    if options.max_pages < 1:
-        problems.append("max pages must be at least 1")
-    if options.delay < 0:
-        problems.append("delay must be 0 seconds or more")
-    if not 1 <= options.concurrency <= 32:
-        problems.append("concurrency must be between 1 and 32")
-    if not options.user_agent.strip():
+    if not is_number(options.max_depth, whole=True) or options.max_depth < 0:
+        problems.append(f"max depth must be 0 or more, a whole number (got {options.max_depth!r})")
+    if not is_number(options.max_pages, whole=True) or options.max_pages < 1:
+        problems.append(f"max pages must be at least 1, a whole number (got {options.max_pages!r})")
+    if not is_number(options.delay) or not 0 <= options.delay <= MAX_DELAY_S:
+        problems.append(f"delay must be 0 seconds or more, at most {MAX_DELAY_S:.0f} (got {options.delay!r})")
+    if not is_number(options.concurrency, whole=True) or not 1 <= options.concurrency <= 32:
+        problems.append(f"concurrency must be between 1 and 32, a whole number (got {options.concurrency!r})")
+    for name in ("max_bytes", "connect_timeout", "read_timeout", "retries", "backoff", "max_retry_after",
+                 "max_url_length", "trap_budget", "max_redirects", "near_duplicate_bits"):  # fmt: skip
+        value = getattr(options, name)
+        if not is_number(value) or value < 0:
+            problems.append(f"{name} must be a finite number, 0 or more (got {value!r})")
+    if not isinstance(options.user_agent, str) or not options.user_agent.strip():
         problems.append("the user agent must not be empty")
     if problems:
         raise CrawlError("Invalid crawl settings: " + "; ".join(problems) + ".")
@@ -938,7 +980,7 @@ class CrawlRun:
     def load_state(self) -> None:
         """Resume an unfinished run of the same start URL, or start a new run that remembers the old."""
         path = self.out / "state.jsonl"
-        rows = read_jsonl(path)
+        rows = [r for r in read_jsonl(path) if is_state_row(r)]
         runs = [r for r in rows if r.get("event") == "run"]
         ended = {r["run"] for r in rows if r.get("event") == "end" and r.get("status") in ("done", "failed")}
         last = runs[-1] if runs else None

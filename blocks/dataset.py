@@ -124,9 +124,11 @@ def parse_split_ratios(text: str) -> tuple[float, float, float]:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v < 0 for v in values):
+    # NaN fails every comparison; an infinite part (or sum, 1e308:1e308:1) leaves no proportion to split by
+    if len(values) != 3 or not all(v >= 0 for v in values) or not sum(values) < float("inf"):
         raise DatasetError(
-            f"Split {text!r} is not three non-negative numbers train:dev:test; write e.g. 8:1:1."
+            f"Split {text!r} is not three non-negative numbers train:dev:test (finite: no nan or inf); "
+            "write e.g. 8:1:1."
         )
     if values[0] <= 0:
         raise DatasetError(f"Split {text!r} gives train nothing; the first number must be above 0.")

@@ -16,6 +16,7 @@ import fnmatch
 import json
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,27 +55,35 @@ class ExportResult:
     message: str
 
 
+def make_own_dir(out_dir: Path, kind: str) -> Path:
+    """Create a hidden folder beside `out_dir` under a fresh random name: a folder that already
+    exists (a user's "X.partial", another export's) is never reused, so never removed."""
+    folder = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.{kind}")
+    folder.mkdir()  # no exist_ok: a name collision fails here instead of adopting that folder
+    return folder
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """The temporary folder to write into; refuses to clobber a non-empty target unless asked."""
+    """A new, uniquely named temporary folder beside `out_dir` to write into; refuses to clobber a
+    non-empty target unless asked. Only folders this export created are ever removed."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} is a file, not a folder: choose a folder name for the export.")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(
             f"{out_dir} already exists and is not empty: choose another folder or allow overwrite."
         )
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return make_own_dir(out_dir, "partial")
     except OSError as exc:
         raise ExportError(
-            f"Cannot create {tmp}: {exc.strerror or exc}. Choose a folder you can write to."
+            f"Cannot create a folder in {out_dir.parent}: {exc.strerror or exc}. Choose a folder you can "
+            "write to."
         ) from exc
-    return tmp
 
 
 def write_or_clean_up(tmp: Path, out_dir: Path, write) -> None:
-    """Run `write(tmp)` and swap the result into place; on a write error remove `tmp` and explain."""
+    """Run `write(tmp)` and swap the result into place; on any error remove `tmp` (ours) and explain."""
     try:
         write(tmp)
         finish_out_dir(tmp, out_dir)
@@ -84,13 +93,29 @@ def write_or_clean_up(tmp: Path, out_dir: Path, write) -> None:
             f"Cannot write the export to {out_dir}: {exc.strerror or exc}. Free some space or choose "
             "another folder; an earlier export there is unchanged."
         ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def finish_out_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished temporary folder into place, so a crash never leaves a half export."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    """Swap the finished temporary folder into place, so a crash never leaves a half export.
+
+    An old `out_dir` (overwrite was allowed) is first renamed aside under a unique name of our own,
+    then removed: a failed swap puts it back, and no other folder is touched.
+    """
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    aside = make_own_dir(out_dir, "old")
+    out_dir.rename(aside / out_dir.name)
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        (aside / out_dir.name).rename(out_dir)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def write_export_info(folder: Path, info, base: Path, kind: str) -> None:

@@ -175,6 +175,8 @@ def looks_like_oom(log_text: str) -> bool:
 def new_run_id(config_path: Path, now: datetime | None = None) -> str:
     """A sortable, safe run id: <yyyymmdd-hhmmss>-<config name>."""
     stem = re.sub(r"[^A-Za-z0-9_.\-\u4e00-\u9fff]", "-", Path(config_path).stem)[:40].strip("-.") or "run"
+    if ws.is_reserved_name(stem):  # a config named "x.lock" must still give a usable run id
+        stem = stem.replace(".", "-")
     return f"{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 
@@ -214,6 +216,8 @@ def lock_path() -> Path:
 def read_lock() -> dict | None:
     """The live lock's content, or None if free (a lock whose process died is stale and removed)."""
     path = lock_path()
+    if path.is_dir():  # not a lock: a folder made under this name (acquire_lock explains)
+        return None
     lock = read_json(path)
     if lock is None:
         return None
@@ -235,6 +239,11 @@ def acquire_lock(run_dir: Path) -> None:
     """Take the lock for `run_dir` (held by this process until the trainer's pid replaces it)."""
     path = lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # a project folder made under this name before the name was reserved
+        raise TrainingError(
+            f"{path} is a folder, but training keeps its lock file there: rename that folder "
+            f"(e.g. to {path.name.replace('.', '-')}) and start again."
+        )
     # Our own pid for now: if we die before spawning, the lock is stale, not stuck.
     tmp = path.with_name(f".{LOCK_NAME}.{os.getpid()}.tmp")
     tmp.write_text(
@@ -546,10 +555,16 @@ def stop_run(run_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> RunStatus:
 
 
 def append_event(run_dir: Path, event: dict) -> None:
-    """Append one event line to progress.jsonl (used only when the trainer could not write its own end)."""
+    """Append one event line to progress.jsonl (used only when the trainer could not write its own end).
+
+    Like the trainer's own appender: a line cut by the SIGKILL is ended first (readers skip it),
+    and no blank line is ever written (finetune.train.read_curve reads the same file).
+    """
     line = json.dumps({**event, "time": time.time()}, ensure_ascii=False)
-    with open(Path(run_dir) / "progress.jsonl", "a", encoding="utf-8") as fh:
-        fh.write("\n" + line + "\n")  # leading newline: never glue onto a line cut by SIGKILL
+    with open(Path(run_dir) / "progress.jsonl", "a+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        torn = size > 0 and os.pread(fh.fileno(), 1, size - 1) != b"\n"
+        fh.write(("\n" if torn else "").encode() + line.encode("utf-8", "backslashreplace") + b"\n")
 
 
 def wait_run(run_dir: Path, timeout_s: float | None = None, poll_s: float = 0.2) -> RunStatus:

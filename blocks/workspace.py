@@ -24,6 +24,16 @@ class WorkspaceError(ValueError):
     """A name or path that the workspace refuses; the message says what is allowed."""
 
 
+# Endings of files the app keeps beside project folders (data/train.lock, temporary and partial
+# files, data/README.md): a project, run or config named like one would collide with them.
+RESERVED_SUFFIXES = (".lock", ".tmp", ".partial", ".old", ".log", ".md", ".json", ".jsonl", ".yaml", ".yml")
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for names the workspace keeps for its own files (any letter case)."""
+    return name.lower().endswith(RESERVED_SUFFIXES)
+
+
 def check_name(name: str, what: str = "project name") -> str:
     """Return `name` if it is a safe single folder name, else raise WorkspaceError."""
     name = (name or "").strip() if isinstance(name, str) else ""
@@ -31,6 +41,12 @@ def check_name(name: str, what: str = "project name") -> str:
         raise WorkspaceError(
             f"Invalid {what} {name!r}: use 1-64 letters, digits, Chinese characters, '-', '_' or '.', "
             "starting with a letter or digit (no slashes)."
+        )
+    if is_reserved_name(name):
+        raise WorkspaceError(
+            f"The {what} {name!r} is reserved: names ending in {', '.join(RESERVED_SUFFIXES)} are kept for "
+            f"the workspace's own files (data/train.lock is the training lock). Choose another name, "
+            f"such as {name.replace('.', '-')!r}."
         )
     return name
 
@@ -95,7 +111,11 @@ def list_projects(data_dir: Path | None = None) -> list[str]:
     base = Path(data_dir or DATA_DIR)
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+    return sorted(
+        p.name
+        for p in base.iterdir()
+        if p.is_dir() and _NAME_RE.fullmatch(p.name) and not is_reserved_name(p.name)
+    )
 
 
 def allowed_roots(extra: list[str] | None = None) -> list[Path]:

@@ -66,29 +66,53 @@ PLOT_EVERY_S = 5.0  # loss.png is redrawn on a log event at most this often (and
 
 
 def append_event(run_dir: Path, event: str, **fields) -> None:
-    """Append one JSON line to progress.jsonl (one write call, flushed, so readers see whole lines)."""
+    """Append one JSON line to progress.jsonl (one write call, so readers see whole lines).
+
+    A line that a SIGKILL left without its newline is ended first, so this event is never glued
+    onto it; no blank line is ever written.
+    """
     line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, ensure_ascii=False)
-    with open(run_dir / "progress.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+    with open(run_dir / "progress.jsonl", "a+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        torn = size > 0 and os.pread(fh.fileno(), 1, size - 1) != b"\n"
+        # backslashreplace: a lone surrogate in an error message becomes a JSON escape, not a crash
+        fh.write(("\n" if torn else "").encode() + line.encode("utf-8", "backslashreplace") + b"\n")
+
+
+def read_events(path: Path) -> list[dict]:
+    """The events in a progress.jsonl; blank, torn or corrupt lines (a killed writer) are skipped."""
+    data = path.read_bytes() if path.is_file() else b""
+    events = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("event"), str):
+            events.append(event)
+    return events
 
 
 def read_curve(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(train, eval) loss points; after a resume, points past the checkpoint from the killed attempt are dropped."""
     train: list[tuple[int, float]] = []
     evals: list[tuple[int, float]] = []
-    path = run_dir / "progress.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for line in lines:
-        ev = json.loads(line)
-        if ev["event"] == "start" and ev.get("resumed_from") is not None:
+    for ev in read_events(run_dir / "progress.jsonl"):
+        if ev["event"] == "start" and isinstance(ev.get("resumed_from"), int):
             cut = ev["resumed_from"]
             train = [p for p in train if p[0] <= cut]
             evals = [p for p in evals if p[0] <= cut]
-        elif ev["event"] == "log":
+        elif ev["event"] == "log" and _is_point(ev, "loss"):
             train.append((ev["step"], ev["loss"]))
-        elif ev["event"] == "eval":
+        elif ev["event"] == "eval" and _is_point(ev, "eval_loss"):
             evals.append((ev["step"], ev["eval_loss"]))
     return train, evals
+
+
+def _is_point(event: dict, key: str) -> bool:
+    """True when the event has an integer step and a numeric `key` (a plottable point)."""
+    step, value = event.get("step"), event.get(key)
+    return isinstance(step, int) and isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def plot_loss(run_dir: Path) -> None:
