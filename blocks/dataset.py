@@ -403,8 +403,8 @@ def _answer_support(answer: str, passage_text: str) -> float:
 
 
 def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tuple[QAPair, list]]:
-    """(pair, passages) for each original pair: the passages retrieval finds for its question, with the
-    source page's best-supporting passage put among them when the search missed it; for a seeded share
+    """(pair, passages) for each original pair: the passages retrieval finds for its question, in search
+    order, with the source page's best-supporting passage put last when the search missed it; for a seeded share
     (`raft_negatives`) every passage of the source page is withheld and the answer becomes 'the pages do
     not say'."""
     from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit
@@ -437,7 +437,7 @@ def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tupl
                 hits = [h for h in hits if h.passage.id != gold.id][: TOP_K - 1] + [Hit(gold, 0.0)]
         if not hits:
             continue
-        rng.shuffle(hits)  # the answer's passage is not always first
+        # Retrieval's own order, as in use (the answer's passage is first as often as search puts it there).
         out.append((QAPair(**{**asdict(pair), "kind": "raft"}), hits))
     return out
 

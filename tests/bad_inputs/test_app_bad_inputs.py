@@ -153,7 +153,7 @@ def test_dataset_tab_refuses_paths_outside_the_workspace(workspace):
     on_build = {f.name: f.fn for f in demo.fns.values()}["on_build"]
     for field in ("paths", "model"):
         for raw in ("/etc/passwd", "../../../etc", "~/.bashrc"):
-            args = ["p", "en", "", None, "8:1:1", 42, "", False, "", 512, 512, 1000, 4000]
+            args = ["p", "en", "", None, "8:1:1", 42, "", False, "", 512, 512, 1000, 4000, 3, True]
             args[2 if field == "paths" else 8] = raw
             with pytest.raises(gr.Error, match="outside the workspace"):
                 on_build(*args)

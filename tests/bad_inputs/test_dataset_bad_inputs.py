@@ -90,9 +90,11 @@ def tab(tmp_path_factory):
 
 
 def ui_build(tab, paths: str = "", split: str = "8:1:1", **numbers):
-    values = {"seed": 42, "max_in": 512, "max_out": 512, "max_q": 1000, "max_a": 4000, **numbers}
+    values = {"seed": 42, "max_in": 512, "max_out": 512, "max_q": 1000, "max_a": 4000, "rewordings": 3,
+              "retrieval": True, **numbers}  # fmt: skip
     return tab["on_build"]("p", "en", paths, None, split, values["seed"], "", False, "",
-                           values["max_in"], values["max_out"], values["max_q"], values["max_a"])  # fmt: skip
+                           values["max_in"], values["max_out"], values["max_q"], values["max_a"],
+                           values["rewordings"], values["retrieval"])  # fmt: skip
 
 
 def make_input(root: Path, name: str, content: bytes | None) -> Path:
