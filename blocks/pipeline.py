@@ -43,6 +43,7 @@ class PipelineSettings:
     recrawl: bool = False
     backend: str = "local"  # QA generation: local (embedded model), zhipu, openai
     qa_model: str = ""  # API model name (zhipu/openai)
+    qa_model_path: str = ""  # local backend: a model folder (empty = the embedded, English-only model)
     base_url: str = ""  # openai-compatible endpoint
     base_model: str = ""  # model to fine-tune; empty = the embedded model
     preset: str = ""  # empty: cpu-demo without a GPU, gpu-24gb with one
@@ -162,13 +163,20 @@ def _qa(project, settings, stop, say):
 
     try:
         client = make_client(
-            ClientSettings(backend=settings.backend, model=settings.qa_model, base_url=settings.base_url)
+            ClientSettings(
+                backend=settings.backend,
+                model=settings.qa_model,
+                base_url=settings.base_url,
+                model_path=settings.qa_model_path,
+            )
         )
     except SettingsError as exc:
         raise PipelineError(f"QA generation: {exc}") from exc
     report = None
     try:
-        for report in generate_qa(project, client, QASettings(prompt_lang="en"), _Stop()):
+        english_only = settings.backend == "local" and not settings.qa_model_path
+        qa_settings = QASettings(prompt_lang="en", only_language="en" if english_only else "")
+        for report in generate_qa(project, client, qa_settings, _Stop()):
             total = max(report.total, 1)
             yield say(
                 "qa",
@@ -285,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("local", "zhipu", "openai"), default="local")
     parser.add_argument("--qa-model", default="", help="API model name for zhipu/openai")
     parser.add_argument("--base-url", default="", help="OpenAI-compatible endpoint for --backend openai")
+    parser.add_argument(
+        "--qa-model-path",
+        default="",
+        help="local model folder for QA (default: the embedded, English-only one)",
+    )
     parser.add_argument("--base-model", default="", help="model folder to fine-tune (default: embedded)")
     args = parser.parse_args(argv)
     settings = PipelineSettings(
@@ -296,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         qa_model=args.qa_model,
         base_url=args.base_url,
+        qa_model_path=args.qa_model_path,
         base_model=args.base_model,
     )
     from blocks.workspace import WorkspaceError

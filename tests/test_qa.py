@@ -487,3 +487,22 @@ def test_local_run_shows_progress_inside_pages_and_tokens_per_second(workspace, 
     assert seen[-1][1] == 5 and [done for done, _, _ in seen].count(5) >= 1
     assert any("/5 sentences" in text and "tok/s" in text for _, _, text in seen)
     assert report.tokens_per_s and report.tokens_per_s > 0
+
+
+def test_english_only_model_skips_chinese_pages_and_says_so(workspace):
+    """The embedded model is English-only: with only_language="en" Chinese pages are not sent (they stay
+    searchable in the index) and the report names the reason."""
+    p = get_project("mixed")
+    english = (
+        "https://www.ehu.edu.cn/en/index.htm",
+        "About",
+        "The shuttle bus runs every 30 minutes from 7:00.",
+    )
+    write_crawl(p.root, [DEMO_PAGES[0], english])
+    with FakeLLMServer(campus_responder) as server:
+        client = ZhipuClient("k", base_url=server.url)
+        report = run(generate_qa(p, client, QASettings(variants=0, only_language="en"), policy=FAST))
+        sent = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert sent and not any("图书馆" in text for text in sent)
+    assert any("shuttle" in text for text in sent)
+    assert report.drops.get("pages_not_in_model_language") == 1 and report.skipped >= 1
