@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from blocks.index import is_chinese
+
 SPLITS = ("train", "dev", "test")
 ROLES = ("system", "user", "assistant")
 MAX_PROBLEMS_KEPT = 50  # stats.json lists this many problems; the count covers all of them
@@ -303,10 +305,6 @@ _KEYWORD_STOP = set(  # question words stay: "when" and "how much" are what is a
 )
 
 
-def _is_chinese(text: str) -> bool:
-    return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= max(2, len(text) // 5)
-
-
 def keyword_question(question: str) -> str:
     """The question as a student types it into a search box: content words only ('library Saturday hours?')."""
     words = re.findall(r"[\w'’:.\-]+", question.rstrip("?？ "))
@@ -323,7 +321,7 @@ def reword_question(question: str, n: int, seed: int = 0) -> list[str]:
     if n <= 0:
         return []
     q = question.strip()
-    if _is_chinese(q):
+    if is_chinese(q):
         candidates = [f.format(q=q) for f in _ZH_FRAMES]
     else:
         lower = q[0].lower() + q[1:] if q[:2] != q[:2].upper() else q
@@ -418,7 +416,7 @@ def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tupl
             sources = {p.source for p in index.passages if p.url == pair.source}
             hits = index.search(pair.question, TOP_K, exclude=sources)
             if hits:
-                answer = NOT_FOUND_ZH if _is_chinese(pair.question) else NOT_FOUND_EN
+                answer = NOT_FOUND_ZH if is_chinese(pair.question) else NOT_FOUND_EN
                 out.append((QAPair(**{**asdict(pair), "answer": answer, "kind": "raft"}), hits))
                 continue
         hits = index.search(pair.question, TOP_K)

@@ -61,6 +61,7 @@ from blocks.clean import (
     strip_think,
     write_text_atomic,
 )
+from blocks.index import is_chinese
 from blocks.llm import (
     ChatClient,
     Heartbeat,
@@ -547,11 +548,6 @@ def keeps_key_terms(original: str, variant: str) -> bool:
 # ---------------------------------------------------------------- the stage
 
 
-def is_mostly_chinese(text: str) -> bool:
-    """True when over a fifth of the text's characters are Chinese."""
-    return len(re.findall(r"[\u4e00-\u9fff]", text)) > len(text) / 5
-
-
 def read_source_text(project: Project, page: Page, source: str) -> str:
     """The page text the QA stage uses; StageInputError (with a reason label) when there is none."""
     cleaned = project.clean_dir / f"{page.id}.txt"
@@ -616,7 +612,7 @@ def generate_qa(
             report.failed += 1
             report.failures[page.id] = str(exc)
             continue
-        if settings.only_language == "en" and is_mostly_chinese(text):
+        if settings.only_language == "en" and is_chinese(text):
             report.skipped += 1
             report.drop("pages_not_in_model_language")
             continue
