@@ -68,14 +68,7 @@ def train_and_evaluate(py, project, env, site_url, questions, dataset_args, tag,
         f"{tag} config",
         timings,
     )
-    cfg = next(
-        p
-        for p in (
-            REPO / "configs" / f"{cfg_name}.yaml",
-            Path(env["UMTCDS_DATA_DIR"]) / project / "configs" / f"{cfg_name}.yaml",
-        )
-        if p.is_file()
-    )
+    cfg = REPO / "configs" / f"{cfg_name}.yaml"  # where blocks.config new saves it
     out = run(
         [
             py,

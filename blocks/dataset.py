@@ -389,23 +389,12 @@ def rewording_counts(records: list[dict]) -> dict:
     }
 
 
-def _answer_support(answer: str, passage_text: str) -> float:
-    from blocks.index import tokenize
-
-    want = set(tokenize(answer))
-    if not want:
-        return 0.0
-    have = set(tokenize(passage_text))
-    weight = {u: (2.0 if any(c.isdigit() for c in u) else 1.0) for u in want}
-    return sum(weight[u] for u in want & have) / sum(weight.values())
-
-
 def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tuple[QAPair, list]]:
     """(pair, passages) for each original pair: the passages retrieval finds for its question, in search
     order, with the source page's best-supporting passage put last when the search missed it; for a seeded share
     (`raft_negatives`) every passage of the source page is withheld and the answer becomes 'the pages do
     not say'."""
-    from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit
+    from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit, support_share
 
     rng = random.Random(options.seed)
     out = []
@@ -423,12 +412,10 @@ def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tupl
         own = [
             h
             for h in hits
-            if h.passage.url == pair.source and _answer_support(pair.answer, h.passage.text) >= 0.5
+            if h.passage.url == pair.source and support_share(pair.answer, h.passage.text) >= 0.5
         ]
         if not own and pair.source:
-            candidates = [
-                (_answer_support(pair.answer, p.text), p) for p in index.passages_of_url(pair.source)
-            ]
+            candidates = [(support_share(pair.answer, p.text), p) for p in index.passages_of_url(pair.source)]
             candidates = [c for c in candidates if c[0] >= 0.5]
             if candidates:
                 gold = max(candidates, key=lambda c: c[0])[1]

@@ -109,19 +109,26 @@ def _stem(words: list[str]) -> list[str]:
         return _STEMMER.stemWords(words)
 
 
-def normalise_numbers(text: str) -> str:
-    """'1,200' -> '1200' and full-width digits to ASCII, so numbers match however they are written."""
+_RANGE_SEPARATORS = re.compile(r"\s*(?:-|–|—|~|～|〜|至|到|\bto\b|\buntil\b|\btill\b)\s*", re.I)
+
+
+def normalize_numbers(text: str) -> str:
+    """Text with numbers written one way: full-width digits as ASCII, no thousands separators
+    ("1,200" -> "1200"), and ranges split into their ends ("8:00-22:00", "8:00 to 22:00", "8:00至22:00"
+    all become "8:00 22:00"), so a fact and its restatement compare equal. The one rule for QA grounding,
+    search tokens and evaluation's fact matching."""
     import unicodedata
 
     text = unicodedata.normalize("NFKC", text)
-    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"(?<=\d)[,，](?=\d{3}(?!\d))", "", text)
+    return re.sub(r"(?<=\d)" + _RANGE_SEPARATORS.pattern + r"(?=\d)", " ", text, flags=re.I)
 
 
 def tokenize(text: str) -> list[str]:
     """Search tokens: stemmed English words without stop words, numbers, jieba words for Chinese."""
     words: list[str] = []
     cjk: list[str] = []
-    text = normalise_numbers(text)
+    text = normalize_numbers(text)
     # Acronyms that look like stop words ("IT", "US") are names here: keep them.
     acronyms = {w.lower() for w in re.findall(r"\b[A-Z]{2,}\b", text)}
     for part in _SEGMENT.split(text.lower()):
@@ -276,8 +283,15 @@ def grounded_messages(
     return messages
 
 
-def _support_units(text: str) -> set[str]:
-    return set(tokenize(text))
+def support_share(text: str, passage_text: str) -> float:
+    """Share of `text`'s search tokens found in `passage_text`, numbers counting double (they are the
+    facts): how far a passage supports a reply or an answer."""
+    want = set(tokenize(text))
+    if not want:
+        return 0.0
+    have = set(tokenize(passage_text))
+    weight = {u: (2.0 if any(c.isdigit() for c in u) else 1.0) for u in want}
+    return sum(weight[u] for u in want & have) / sum(weight.values())
 
 
 def cited_hits(reply: str, hits: list[Hit]) -> list[Hit]:
@@ -294,18 +308,12 @@ def cited_hits(reply: str, hits: list[Hit]) -> list[Hit]:
     if marked:
         order = list(dict.fromkeys(marked))
         return _one_per_url([hits[n - 1] for n in order])
-    units = _support_units(reply)
-    if not units:
+    if not tokenize(reply):
         return [hits[0]]
-
-    def weight(u: str) -> float:
-        return 2.0 if any(c.isdigit() for c in u) else 1.0
-
-    total = sum(weight(u) for u in units)
-    scored = []
-    for rank, hit in enumerate(hits):
-        have = _support_units(f"{hit.passage.title}\n{hit.passage.text}")
-        scored.append((sum(weight(u) for u in units & have) / total, -rank, hit))
+    scored = [
+        (support_share(reply, f"{hit.passage.title}\n{hit.passage.text}"), -rank, hit)
+        for rank, hit in enumerate(hits)
+    ]
     scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
     best = scored[0][0]
     if best < WEAK_SUPPORT:  # the reply rests on no passage (e.g. a Chinese question to an English-only

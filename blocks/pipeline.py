@@ -141,11 +141,8 @@ def _crawl(project, settings, stop, say):
     )
     try:
         for p in crawl_site(settings.start_url, project.crawl_dir, options, stop):
-            saved = getattr(p, "saved", 0)
-            fetched = getattr(p, "fetched", 0)
-            yield say(
-                "crawl", f"{fetched} fetched, {saved} saved", min(fetched / max(settings.max_pages, 1), 1.0)
-            )
+            fraction = min(p.fetched / max(settings.max_pages, 1), 1.0)
+            yield say("crawl", f"{p.fetched} fetched, {p.saved} saved", fraction)
     except CrawlError as exc:
         raise PipelineError(f"crawl: {exc}") from exc
     if not manifest.is_file():

@@ -28,7 +28,6 @@ import hashlib
 import json
 import re
 import sys
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,7 +60,7 @@ from blocks.clean import (
     strip_think,
     write_text_atomic,
 )
-from blocks.index import is_chinese
+from blocks.index import is_chinese, normalize_numbers
 from blocks.llm import (
     ChatClient,
     Heartbeat,
@@ -335,16 +334,6 @@ _STOPWORDS = set(
     "the a an of to in on at for and or is are was were be been by with as it its this that from which who what "
     "when where how do does did can will there their they you your i we our has have had not much many".split()
 )
-_RANGE_SEPARATORS = re.compile(r"\s*(?:-|–|—|~|～|〜|至|到|\bto\b|\buntil\b|\btill\b)\s*", re.I)
-
-
-def normalize_numbers(text: str) -> str:
-    """Text with numbers written one way: full-width digits as ASCII, no thousands separators
-    ("1,200" -> "1200"), and ranges split into their ends ("8:00-22:00", "8:00 to 22:00", "8:00至22:00"
-    all become "8:00 22:00"), so a fact and its restatement compare equal."""
-    text = unicodedata.normalize("NFKC", text)
-    text = re.sub(r"(?<=\d)[,，](?=\d{3}(?!\d))", "", text)
-    return re.sub(r"(?<=\d)" + _RANGE_SEPARATORS.pattern + r"(?=\d)", " ", text, flags=re.I)
 
 
 def numbers_in(text: str) -> set[str]:

@@ -215,10 +215,11 @@ def answer_facts(reference: str, question: str = "") -> list[str]:
 
 
 def normalise_for_match(text: str) -> str:
-    """Lower case without spaces or thousands separators, so '8 : 00' and '8:00', '1,200' and '1200',
-    or 'Building  A' and 'building a' match."""
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())
-    return re.sub(r"\s+", "", text)
+    """Lower case, numbers written one way (blocks.index.normalize_numbers), no spaces: '8 : 00' and '8:00',
+    '1,200' and '1200', '8:00-22:00' and '8:00 to 22:00', 'Building  A' and 'building a' match."""
+    from blocks.index import normalize_numbers
+
+    return re.sub(r"\s+", "", normalize_numbers(text).lower())
 
 
 def fact_hits(answer: str, facts: list[str]) -> list[bool]:
