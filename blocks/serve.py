@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from blocks.chat import ChatError, GenParams, LoadedModel, load_model, stream_reply
+from blocks.chat import ChatError, GenParams, LoadedModel, ask_messages, load_model, stream_reply
 from blocks.workspace import is_loopback
 
 API_KEY_ENV = "UMTCDS_API_KEY"
@@ -76,20 +76,15 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict:
 
 
 def ground(messages: list[dict], project) -> tuple[list[dict], list]:
-    """(messages with the last user turn put behind its retrieved passages, the passages)."""
-    from blocks.index import grounded_messages, retrieve
-
+    """(messages with the last user turn put behind its retrieved passages, the passages), as the chat
+    CLI and tab ground a question; a request that does not end in a user question is left as it is."""
     if project is None or not messages or messages[-1].get("role") != "user":
         return messages, []
     question = messages[-1]["content"]
     if not isinstance(question, str) or not question.strip():
         return messages, []
-    hits = retrieve(project, question)
-    system = [m for m in messages[:1] if m.get("role") == "system"]
-    grounded = grounded_messages(
-        messages[len(system) : -1], question, hits, system[0]["content"] if system else ""
-    )
-    return grounded, hits
+    system = messages[0]["content"] if messages[0].get("role") == "system" else ""
+    return ask_messages(messages[1 if system else 0 : -1], question, system, project)
 
 
 def sources_text(reply: str, hits: list) -> tuple[str, list[dict]]:
