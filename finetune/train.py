@@ -253,6 +253,16 @@ def make_profile_callback(run_dir: Path, step: int):
     return ProfileCallback()
 
 
+def close_process_group() -> None:
+    """Tear DDP down before the interpreter exits: left to exit-time destructors, a gloo rank sometimes
+    aborted ("terminate called without an active exception", SIGABRT) after a finished run, and torchrun
+    then reported the whole run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def stop_requested(stop_flag: dict) -> bool:
     """The local SIGTERM flag, agreed across DDP ranks so every rank stops at the same step."""
     import torch.distributed as dist
@@ -689,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        close_process_group()
     if is_main:
         append_event(run_dir, "end", status=status, error=None)
         print(f"{status}: {run_dir}", flush=True)
