@@ -31,7 +31,7 @@ from pathlib import Path
 
 from blocks.workspace import Project, WorkspaceError, get_project
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: "30k" read as 30000
 PASSAGE_CHARS = 320  # a passage: a few paragraphs, short enough for a small model's context
 CJK_PASSAGE_CHARS = 160
 TOP_K = 3  # passages put in front of the model
@@ -112,15 +112,19 @@ def _stem(words: list[str]) -> list[str]:
 _RANGE_SEPARATORS = re.compile(r"\s*(?:-|–|—|~|～|〜|至|到|\bto\b|\buntil\b|\btill\b)\s*", re.I)
 
 
+_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d)?)[kK]\b")
+
+
 def normalize_numbers(text: str) -> str:
     """Text with numbers written one way: full-width digits as ASCII, no thousands separators
-    ("1,200" -> "1200"), and ranges split into their ends ("8:00-22:00", "8:00 to 22:00", "8:00至22:00"
+    ("1,200" -> "1200", "30k" -> "30000"), and ranges split into their ends ("8:00-22:00", "8:00 to 22:00", "8:00至22:00"
     all become "8:00 22:00"), so a fact and its restatement compare equal. The one rule for QA grounding,
     search tokens and evaluation's fact matching."""
     import unicodedata
 
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"(?<=\d)[,，](?=\d{3}(?!\d))", "", text)
+    text = _THOUSANDS.sub(lambda m: str(round(float(m.group(1)) * 1000)), text)  # "£30k" -> "£30000"
     return re.sub(r"(?<=\d)" + _RANGE_SEPARATORS.pattern + r"(?=\d)", " ", text, flags=re.I)
 
 
@@ -161,7 +165,9 @@ SYNONYMS = (
     "deadline due cutoff last",
     "borrow loan checkout",
     "clinic hospital doctor medical sick health",
-    "laptop computer helpdesk tech",
+    "laptop computer helpdesk tech it",
+    "vacation vacations holiday holidays break easter christmas summer",
+    "visit visiting tour look",
     "shuttle bus transport",
     "scholarship award aid grant bursary",
     "宿舍 住宿 公寓 住",

@@ -54,6 +54,8 @@ def write_project(name: str = "site", pages=PAGES, qa: list[dict] | None = None)
 
 def test_tokens_match_however_numbers_and_words_are_written():
     assert set(ix.tokenize("$1,200 per semester")) >= set(ix.tokenize("1200"))
+    assert "30000" in set(ix.tokenize("an income below £30,000")) & set(ix.tokenize("earns under £30k"))
+    assert ix.normalize_numbers("12kg, 1.5k, 2 k") == "12kg, 1500, 2 k"
     assert set(ix.tokenize("libraries opening")) == set(ix.tokenize("library opens"))
     assert "8" in ix.tokenize("at 8:00")
     assert "图书馆" in ix.tokenize("图书馆几点开门")
