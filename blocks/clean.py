@@ -37,6 +37,9 @@ from blocks.llm import (
     LLMConnectionError,
     LLMError,
     LocalClient,
+    MalformedResponseError,
+    NotFoundError,
+    RefusedAddressError,
     Request,
     RetryPolicy,
     SettingsError,
@@ -226,9 +229,11 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)  # a full disk must not also leave a half temp file behind
-        raise storage_error(path, exc) from exc
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk (or text no file can hold) must not leave a temp file
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from exc
+        raise
 
 
 def remove_stale_temp_files(folder: Path) -> None:
@@ -240,9 +245,20 @@ def remove_stale_temp_files(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def json_line(record: dict) -> str:
+    """`record` as one JSON line, readable UTF-8 where it can be; text that UTF-8 cannot hold (a lone
+    surrogate from a "\\ud800" escape in a page title) is kept as a JSON escape instead of failing the write."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line with a single write; readers ignore a torn last line after a crash."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    data = (json_line(record) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -555,6 +571,8 @@ def _clean_todo(project, client, settings, todo, template, version, size, max_ne
             text = "" if isinstance(result, LLMError) else strip_fences(strip_think(result))
             if not isinstance(result, LLMError) and not text.strip():
                 result = EmptyOutputError("the model answered with reasoning (<think>) only, no text")
+            elif not isinstance(result, LLMError) and not is_utf8_text(text):
+                result = MalformedResponseError("the answer is not valid Unicode (a lone surrogate)")
             if isinstance(result, LLMError):
                 item["error"] = item["error"] or result
                 item["parts"][owner[i][1]] = ""
@@ -568,13 +586,25 @@ def _clean_todo(project, client, settings, todo, template, version, size, max_ne
             return
 
 
+def is_utf8_text(text: str) -> bool:
+    """False for text a UTF-8 file cannot hold (lone surrogates): such an answer fails its page only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_fatal(result: object, report: RunReport) -> None:
-    """Stop the whole run on errors no other page can escape: a refused key, or a server never reached.
+    """Stop the whole run on errors no other page can escape: a refused key, a wrong base URL path (404),
+    a private address refused while exposed, or a server never reached.
 
     Sending every other page to a server that refuses the key (or does not exist) would only fill the
     report with the same failure; pages finished earlier stay saved.
     """
-    if isinstance(result, AuthError) or (isinstance(result, LLMConnectionError) and report.requests_ok == 0):
+    if isinstance(result, AuthError | NotFoundError | RefusedAddressError) or (
+        isinstance(result, LLMConnectionError) and report.requests_ok == 0
+    ):
         raise result
     if not isinstance(result, LLMError):
         report.requests_ok += 1

@@ -73,6 +73,12 @@ class MalformedResponseError(LLMError):
     reason, retryable = "malformed_response", True
 
 
+class TruncatedResponseError(MalformedResponseError):
+    """The response ended before its promised length (a dropped connection, a proxy or server cut it)."""
+
+    reason = "truncated"
+
+
 class EmptyOutputError(LLMError):
     reason, retryable = "empty_output", True
 
@@ -89,6 +95,18 @@ class AuthError(LLMError):
 
 class BadRequestError(LLMError):
     reason = "bad_request"
+
+
+class NotFoundError(LLMError):
+    """HTTP 404: the base URL's path or the model name is wrong, so every request gets the same answer."""
+
+    reason = "not_found"
+
+
+class RefusedAddressError(LLMError):
+    """The exposed app refused to connect: the API's address is loopback, private or link-local."""
+
+    reason = "private_address"
 
 
 class ContextOverflowError(LLMError):
@@ -123,6 +141,7 @@ class ClientSettings:
     batch_size: int = 8  # local backend
     context_tokens: int = 0  # 0 = backend default / model config
     static_cache: bool = False  # local backend on a GPU: compiled static KV cache (see generate_ids)
+    allow_private: bool = True  # False when the app is exposed: the API must be at a public address
 
 
 @dataclass(frozen=True)
@@ -151,8 +170,13 @@ class ChatClient(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-def check_base_url(base_url: str, backend: str) -> str:
-    """Return a usable http(s) base URL (stripped), or raise SettingsError saying what it should look like."""
+def check_base_url(base_url: str, backend: str, allow_private: bool = True) -> str:
+    """Return a usable http(s) base URL (stripped), or raise SettingsError saying what it should look like.
+
+    With `allow_private` False (the app is exposed) the host must resolve to public addresses only, by the
+    crawler's rule (blocks.crawl.check_address): an exposed app must not become a way into the machine's
+    own services or the cloud's metadata address (169.254.169.254).
+    """
     from urllib.parse import urlsplit
 
     url = (base_url or "").strip()
@@ -169,7 +193,56 @@ def check_base_url(base_url: str, backend: str) -> str:
         )
     if any(ch.isspace() for ch in url):
         raise SettingsError(f"The base URL {url[:200]!r} contains spaces: remove them.")
+    if not allow_private:
+        check_public_url(url)
     return url
+
+
+def check_public_url(url: str) -> None:
+    """Raise SettingsError unless every address `url`'s host resolves to is public (the crawler's rule)."""
+    from blocks.crawl import CrawlOptions, FetchFailed, check_address
+
+    try:
+        check_address(url, CrawlOptions(allow_private=False))
+    except FetchFailed as exc:
+        what = str(exc.args[1] if len(exc.args) > 1 else exc).split(";")[0]
+        raise SettingsError(
+            f"The base URL is refused: {what}. While the app is exposed, the LLM API must be at a public "
+            "address; to use a server on this machine or your network, run the app on 127.0.0.1 or use the "
+            "command line (python -m blocks.clean / blocks.qa)."
+        ) from None
+
+
+def public_only_http_client(timeout: float):
+    """An httpx.Client whose every new connection must reach a public address (blocks.crawl's rule).
+
+    check_public_url resolves the name once; the connection resolves it again, and a redirect may name
+    another host. So, as the crawler does, each socket's real peer is checked right after the TCP connect,
+    before a byte is sent: a name that re-resolves to 127.0.0.1 (DNS rebinding) or a redirect to
+    169.254.169.254 is refused. Requests through an HTTP(S)_PROXY are connected by the proxy, as for the crawler.
+    """
+    import ipaddress
+
+    import httpcore
+    import httpx
+
+    from blocks.crawl import is_public_address
+
+    class PublicOnlyBackend(httpcore.SyncBackend):
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+            stream = super().connect_tcp(host, port, timeout, local_address, socket_options)
+            peer = ipaddress.ip_address(stream.get_extra_info("socket").getpeername()[0].split("%")[0])
+            if not is_public_address(peer):
+                stream.close()
+                raise RefusedAddressError(
+                    f"{host} connected to {peer}, a loopback/private/link-local address: while the app is "
+                    "exposed, the LLM API must be at a public address (run the app on 127.0.0.1 to use a local server)."
+                )
+            return stream
+
+    transport = httpx.HTTPTransport()
+    transport._pool._network_backend = PublicOnlyBackend()  # httpx has no public hook for the connect step
+    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)
 
 
 def estimate_tokens(text: str) -> int:
@@ -185,11 +258,46 @@ def estimate_tokens(text: str) -> int:
 # ---------------------------------------------------------------- HTTP clients
 
 
+def provider_message(response) -> str:
+    """The provider's own error message from a JSON error body, cut to 200 characters; '' otherwise.
+
+    Never the raw body: a base URL that points at some other service must not get its pages quoted back.
+    """
+    try:
+        body = json.loads(response.text)
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) and isinstance(body, dict):
+        message = body.get("message") if isinstance(body.get("message"), str) else None
+    return " ".join(message.split())[:200] if isinstance(message, str) else ""
+
+
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;}]+")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` with each secret, and any bearer/basic credential, replaced by ***."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _BEARER.sub(lambda m: m.group(1) + " ***", text)
+
+
+def without_secrets(error: LLMError, secrets: tuple[str, ...]) -> LLMError:
+    """`error` with its message redacted and its cause dropped (an SDK error's text quotes the response
+    body, and a server that echoes the Authorization header puts the key there)."""
+    error.args = (redact(str(error), secrets),)
+    error.__cause__, error.__suppress_context__ = None, True
+    return error
+
+
 def _error_code(response) -> str | None:
     """The provider's error code from a JSON error body ({"error": {"code": ...}}), if any."""
     try:
         body = json.loads(response.text)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
@@ -205,19 +313,25 @@ def _retry_after(response) -> float | None:
         return None
 
 
-def translate_status_error(status: int, response, message: str) -> LLMError:
-    """Map an HTTP error response of either SDK to one of our errors."""
+def translate_status_error(status: int, response, base_url: str = "") -> LLMError:
+    """Map an HTTP error response of either SDK to one of our errors (quoting only the provider's message)."""
     code = _error_code(response)
-    short = message[:300]
+    said = provider_message(response)
+    short = f": {said}" if said else ""
     if code == ZHIPU_CONTENT_FILTER:
-        return ContentFilterError(f"content filter refused the request (code 1301): {short}")
+        return ContentFilterError(f"content filter refused the request (code 1301){short}")
     if status == 429 or code in ZHIPU_RATE_LIMIT:
         return RateLimitedError(f"rate limited (HTTP {status}, code {code})", _retry_after(response))
     if status in (401, 403):
         return AuthError(f"the API key was refused (HTTP {status}): check the key and the base URL")
+    if status == 404:
+        return NotFoundError(
+            f"HTTP 404 from {base_url or 'the API'}{short}: check the base URL (an OpenAI-compatible server's "
+            "usually ends in /v1, e.g. http://127.0.0.1:8000/v1) and the model name"
+        )
     if status >= 500 or status in (408, 409):
-        return ServerError(f"server error HTTP {status}: {short}", _retry_after(response))
-    return BadRequestError(f"request refused HTTP {status}: {short}")
+        return ServerError(f"server error HTTP {status}{short}", _retry_after(response))
+    return BadRequestError(f"request refused HTTP {status}{short}")
 
 
 def _content_of(completion) -> str:
@@ -227,15 +341,19 @@ def _content_of(completion) -> str:
         content = choice.message.content
         finish = getattr(choice, "finish_reason", None)
     except (AttributeError, IndexError, TypeError) as exc:
-        raise MalformedResponseError(
-            f"the response has no choices[0].message: {str(completion)[:200]}"
-        ) from exc
+        raise MalformedResponseError("the response has no choices[0].message") from exc
     if finish in ("content_filter", "sensitive"):
         raise ContentFilterError(f"the provider filtered the output (finish_reason={finish})")
     if not isinstance(content, str):
-        raise MalformedResponseError(f"the response content is not text: {content!r:.200}")
+        raise MalformedResponseError(f"the response content is not text but {type(content).__name__}")
     if not content.strip():
         raise EmptyOutputError("the model returned an empty answer")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape such as \ud800: no file could hold this text
+        raise MalformedResponseError(
+            f"the answer is not valid Unicode (a lone surrogate at character {exc.start})"
+        ) from None
     return content
 
 
@@ -245,7 +363,13 @@ class OpenAIClient:
     backend = "openai"
 
     def __init__(
-        self, base_url: str, model: str, api_key: str = "", timeout: float = 120.0, context_tokens=0
+        self,
+        base_url: str,
+        model: str,
+        api_key: str = "",
+        timeout: float = 120.0,
+        context_tokens=0,
+        allow_private: bool = True,
     ):
         import openai
 
@@ -253,7 +377,7 @@ class OpenAIClient:
             raise SettingsError(
                 "OpenAI-compatible backend: enter the server's base URL, e.g. http://host:8000/v1"
             )
-        base_url = check_base_url(base_url, "openai")
+        base_url = check_base_url(base_url, "openai", allow_private)
         if not model:
             raise SettingsError("OpenAI-compatible backend: enter the model name the server serves")
         self.base_url = base_url
@@ -262,13 +386,23 @@ class OpenAIClient:
         self.context_tokens = context_tokens or 32768
         # Local servers ignore the key but the SDK insists on one.
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._secrets = (key,)  # redacted from every error message (see without_secrets)
         self._sdk = openai
-        self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+        http = None if allow_private else public_only_http_client(timeout)
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=key, timeout=timeout, max_retries=0, http_client=http
+        )
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
 
     def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str:
+        try:
+            return self._chat(messages, max_tokens, temperature)
+        except LLMError as exc:
+            raise without_secrets(exc, self._secrets) from None
+
+    def _chat(self, messages: Messages, max_tokens: int, temperature: float) -> str:
         sdk = self._sdk
         try:
             completion = self._client.chat.completions.create(
@@ -280,14 +414,14 @@ class OpenAIClient:
             raise unreachable(self, exc) from exc
         except sdk.APIStatusError as exc:
             self.reached = True
-            raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
+            raise translate_status_error(exc.status_code, exc.response, self.base_url) from exc
         except sdk.APIResponseValidationError as exc:
             raise MalformedResponseError(f"malformed response: {exc}") from exc
-        except ValueError as exc:  # JSON decoding of a truncated body
-            raise MalformedResponseError(f"malformed response body: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # JSON decoding of a broken or absurdly nested body
+            raise malformed_body(exc) from exc
         self.reached = True
         if isinstance(completion, str):  # the SDK hands back unparseable bodies as text
-            raise MalformedResponseError(f"malformed response body: {completion[:200]}")
+            raise not_chat_json(completion)
         return _content_of(completion)
 
 
@@ -297,7 +431,13 @@ class ZhipuClient:
     backend = "zhipu"
 
     def __init__(
-        self, api_key: str = "", model: str = "", base_url: str = "", timeout: float = 120.0, context_tokens=0
+        self,
+        api_key: str = "",
+        model: str = "",
+        base_url: str = "",
+        timeout: float = 120.0,
+        context_tokens=0,
+        allow_private: bool = True,
     ):
         import zhipuai
 
@@ -308,15 +448,25 @@ class ZhipuClient:
             )
         self.model = model or DEFAULT_ZHIPU_MODEL
         self.context_tokens = context_tokens or 128000
-        self.base_url = check_base_url(base_url, "zhipu") if base_url else DEFAULT_ZHIPU_URL
+        self.base_url = check_base_url(base_url, "zhipu", allow_private) if base_url else DEFAULT_ZHIPU_URL
         self.reached = False
+        self._secrets = (key,)  # redacted from every error message (see without_secrets)
         self._sdk = zhipuai
-        self._client = zhipuai.ZhipuAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
+        http = None if allow_private else public_only_http_client(timeout)
+        self._client = zhipuai.ZhipuAI(
+            api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0, http_client=http
+        )
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
 
     def chat(self, messages: Messages, max_tokens: int = 1024, temperature: float = 0.3) -> str:
+        try:
+            return self._chat(messages, max_tokens, temperature)
+        except LLMError as exc:
+            raise without_secrets(exc, self._secrets) from None
+
+    def _chat(self, messages: Messages, max_tokens: int, temperature: float) -> str:
         from zhipuai.core import _errors as zerr
 
         # Zhipu refuses temperature 0 on some models; 0.01 is its documented near-greedy value.
@@ -331,19 +481,55 @@ class ZhipuClient:
             raise unreachable(self, exc) from exc
         except zerr.APIStatusError as exc:
             self.reached = True
-            raise translate_status_error(exc.status_code, exc.response, str(exc)) from exc
+            raise translate_status_error(exc.status_code, exc.response, self.base_url) from exc
         except zerr.ZhipuAIError as exc:
-            raise MalformedResponseError(f"malformed response: {exc}") from exc
-        except ValueError as exc:
-            raise MalformedResponseError(f"malformed response body: {exc}") from exc
+            raise MalformedResponseError("malformed response: not the chat-completions shape") from exc
+        except (ValueError, RecursionError) as exc:
+            raise malformed_body(exc) from exc
         self.reached = True
         if isinstance(completion, str):
-            raise MalformedResponseError(f"malformed response body: {completion[:200]}")
+            raise not_chat_json(completion)
         return _content_of(completion)
 
 
-def unreachable(client, exc: Exception) -> LLMConnectionError:
-    """The error for a failed connection; before any answer it points at the base URL and is final."""
+def malformed_body(exc: Exception) -> MalformedResponseError:
+    """The error for a response body that cannot be decoded (never quoting the body)."""
+    if isinstance(exc, RecursionError):
+        return MalformedResponseError("malformed response body: JSON nested too deeply to read")
+    return MalformedResponseError(f"malformed response body: {type(exc).__name__}: {str(exc)[:120]}")
+
+
+def not_chat_json(body: str) -> MalformedResponseError:
+    """The error for a 200 response that is not chat-completions JSON (its text is not quoted)."""
+    return MalformedResponseError(
+        f"the server answered with {len(body)} characters that are not chat-completions JSON: check the base URL"
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, its cause, the cause's cause, ... (each once)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def unreachable(client, exc: Exception) -> LLMError:
+    """The error for a failed connection; before any answer it points at the base URL and is final.
+
+    Two failures that look like a lost connection to the SDKs are told apart: a refused private address
+    (see public_only_http_client) and a response that ended before its promised length (truncated: the
+    server was reached, so retrying may help).
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, RefusedAddressError):
+            return RefusedAddressError(str(cause))
+        if type(cause).__name__ == "RemoteProtocolError" and "complete message body" in str(cause):
+            client.reached = True
+            return TruncatedResponseError(
+                "the response was cut off before its end (truncated): the connection or a proxy dropped it"
+            )
     if getattr(client, "reached", True):
         return LLMConnectionError(f"cannot reach the server: {exc}")
     error = LLMConnectionError(
@@ -862,11 +1048,21 @@ def make_client(settings: ClientSettings) -> ChatClient:
     """Build the client `settings.backend` names; raises SettingsError with what to fill in."""
     if settings.backend == "zhipu":
         return ZhipuClient(
-            settings.api_key, settings.model, settings.base_url, settings.timeout, settings.context_tokens
+            settings.api_key,
+            settings.model,
+            settings.base_url,
+            settings.timeout,
+            settings.context_tokens,
+            settings.allow_private,
         )
     if settings.backend == "openai":
         return OpenAIClient(
-            settings.base_url, settings.model, settings.api_key, settings.timeout, settings.context_tokens
+            settings.base_url,
+            settings.model,
+            settings.api_key,
+            settings.timeout,
+            settings.context_tokens,
+            settings.allow_private,
         )
     if settings.backend == "local":
         from blocks.models import default_model_path

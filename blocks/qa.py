@@ -44,6 +44,8 @@ from blocks.clean import (
     client_from_args,
     fill_prompt,
     fit_chunk_tokens,
+    is_utf8_text,
+    json_line,
     load_prompt,
     now_iso,
     on_gpu,
@@ -254,7 +256,7 @@ def parse_qa_pairs(text: str) -> list[tuple[str, str]]:
     for candidate in _json_candidates(text):
         try:
             pairs = _pairs_from_json(json.loads(candidate))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deeply
             continue
         if pairs:
             return [p for p in pairs if p[0] and p[1]]
@@ -264,7 +266,7 @@ def parse_qa_pairs(text: str) -> list[tuple[str, str]]:
         if line.startswith("{") and line.endswith("}"):
             try:
                 lines.extend(_pairs_from_json(json.loads(line)))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
     if lines:
         return lines
@@ -310,7 +312,7 @@ def parse_variants(text: str) -> list[str]:
         try:
             items = json.loads(text[start : end + 1])
             return [s.strip() for s in items if isinstance(s, str) and s.strip()]
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
     return [
         _NUMBERED.sub("", re.sub(r"^[-*•]\s+", "", ln.strip())).strip()
@@ -567,7 +569,7 @@ def assemble_qa_file(project: Project, pages: list[Page] | None = None) -> int:
             if key in seen:
                 continue
             seen.add(key)
-            lines.append(json.dumps(rec, ensure_ascii=False))
+            lines.append(json_line(rec))
     write_text_atomic(project.qa_file, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 
@@ -750,7 +752,9 @@ def _qa_todo(project, client, job: _Job, todo, report, stop, policy):
                 _count(item, "unparseable")
                 item["sample"] = item.get("sample") or result
             for question, answer in parsed:
-                if not is_standalone(question):
+                if not is_utf8_text(question + answer):  # a "\ud800" escape inside the model's JSON
+                    _count(item, "invalid_text")
+                elif not is_standalone(question):
                     _count(item, "not_standalone")
                 elif not is_grounded(answer, chunk.text, settings.grounding_threshold):
                     _count(item, "ungrounded")
@@ -831,6 +835,7 @@ def _qa_todo(project, client, job: _Job, todo, report, stop, policy):
                     variant = read_question(variant)  # a rewording of a question is a question
                     if (
                         not variant
+                        or not is_utf8_text(variant)
                         or not _ASKS.search(variant)
                         or normalize_question(variant) in seen
                         or not is_standalone(variant)
@@ -905,7 +910,7 @@ def _finish_page(project: Project, client, item: dict, version: str, report: Run
             created_at=created,
             variant_of=pair_id(page.url, original["q"]) if original else None,
         )
-        records.append(json.dumps(pair.__dict__, ensure_ascii=False))
+        records.append(json_line(pair.__dict__))
     write_text_atomic(
         project.qa_dir / "pages" / f"{page.id}.jsonl", "\n".join(records) + ("\n" if records else "")
     )

@@ -2,12 +2,16 @@
 
 The real `openai` and `zhipuai` SDKs talk to it over HTTP (`base_url=server.url`). Faults:
 latency, 429 with Retry-After, 500, malformed JSON bodies, empty outputs, Zhipu content-filter
-refusals (HTTP 400, code 1301) and Zhipu rate limits (HTTP 429, code 1302).
+refusals (HTTP 400, code 1301), Zhipu rate limits (HTTP 429, code 1302), a body nested 100,000 deep
+("nested"), a body cut off before its Content-Length ("truncated") and an error body that quotes the
+request's Authorization header back ("echo_auth", HTTP 400). A responder may answer text with lone
+surrogates ("\\ud800"): it is sent as a JSON escape, as a real server would.
 
     with FakeLLMServer(responder=lambda messages: "hello", latency=0.3) as server:
         server.fail_next("429", "500")          # the next two requests fail, then normal answers
         server.rate_429 = 0.2                   # or: a random 20% of requests get 429
         server.rates = {"500": 0.1, "malformed": 0.05}   # any fault at random, each with its share
+        server.fault_for = lambda messages: "nested" if "page 3" in messages[-1]["content"] else None
         openai.OpenAI(base_url=server.url, api_key="k", max_retries=0)
 
     python tests/fake_llm_server.py --port 8900 --latency 0.3   # stand-alone, echoes the last message
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 Responder = Callable[[list[dict]], str]
-FAULTS = ("429", "1302", "500", "malformed", "empty", "1301", "401")
+FAULTS = ("429", "1302", "500", "malformed", "empty", "1301", "401", "nested", "truncated", "echo_auth")
 
 
 def echo_responder(messages: list[dict]) -> str:
@@ -49,7 +53,10 @@ class FakeLLMServer:
         self.retry_after = retry_after
         self.rate_429 = rate_429
         self.rates: dict[str, float] = {}  # fault -> share of requests answered with it (seeded)
+        # messages -> fault or None: a fault for the requests of one page (after queued faults, before rates)
+        self.fault_for: Callable[[list[dict]], str | None] | None = None
         self.requests: list[dict] = []  # {"body": ..., "auth": ..., "fault": ..., "time": ...}
+        self.not_found = 0  # requests to another path than /v1/chat/completions (answered 404)
         self._faults: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0  # most requests handled at the same moment
@@ -86,10 +93,13 @@ class FakeLLMServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _next_fault(self) -> str | None:
+    def _next_fault(self, messages: list[dict]) -> str | None:
         with self._lock:
             if self._faults:
                 return self._faults.pop(0)
+            chosen = self.fault_for(messages) if self.fault_for is not None else None
+            if chosen is not None:
+                return chosen
             if self.rate_429 and self._rng.random() < self.rate_429:
                 return "429"
             draw, edge = self._rng.random(), 0.0
@@ -111,9 +121,11 @@ class FakeLLMServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if self.path.rstrip("/") != "/v1/chat/completions":  # a wrong base URL path gets 404
+                    with server._lock:
+                        server.not_found += 1
                     return self._send(404, {"error": {"code": "404", "message": "not found"}})
-                fault = server._next_fault()
+                fault = server._next_fault(body.get("messages", []))
                 with server._lock:
                     server.requests.append(
                         {
@@ -127,12 +139,12 @@ class FakeLLMServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._answer(body, fault)
+                    self._answer(body, fault, self.headers.get("Authorization") or "")
                 finally:
                     with server._lock:
                         server.in_flight -= 1
 
-            def _answer(self, body: dict, fault: str | None) -> None:
+            def _answer(self, body: dict, fault: str | None, auth: str) -> None:
                 if server.latency:
                     time.sleep(server.latency)
                 if fault == "429":
@@ -153,6 +165,23 @@ class FakeLLMServer:
                         }
                     }
                     return self._send(400, msg)
+                if fault == "echo_auth":  # some servers quote the request's headers in their errors
+                    msg = {
+                        "error": {"code": "400", "message": f"bad request; headers: Authorization: {auth}"}
+                    }
+                    return self._send(400, msg)
+                if fault == "nested":
+                    depth = 100_000
+                    return self._send_raw(200, b'{"choices": ' + b"[" * depth + b"]" * depth + b"}")
+                if fault == "truncated":  # the headers promise more than is sent, then the connection ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "4096")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "x", "choices": [{"message": {"content": "cut')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 if fault == "malformed":
                     return self._send_raw(200, b'{"id": "x", "choices": [{"message": {"content": "trunc')
                 content = "" if fault == "empty" else server.responder(body.get("messages", []))
@@ -173,7 +202,11 @@ class FakeLLMServer:
                 return self._send(200, reply)
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                self._send_raw(status, json.dumps(payload, ensure_ascii=False).encode(), headers)
+                try:
+                    data = json.dumps(payload, ensure_ascii=False).encode()
+                except UnicodeEncodeError:  # a lone surrogate: only a JSON escape can carry it
+                    data = json.dumps(payload).encode()
+                self._send_raw(status, data, headers)
 
             def _send_raw(self, status: int, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(status)
