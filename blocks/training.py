@@ -270,6 +270,16 @@ def release_lock(run_dir: Path) -> None:
         lock_path().unlink(missing_ok=True)
 
 
+# Secrets of the app and the LLM stages: the trainer needs none of them, and a child process's environment
+# is readable by anything running as the same user for as long as the (hours-long) training lasts.
+TRAINER_HIDDEN_ENV = ("UMTCDS_AUTH", "UMTCDS_API_KEY", "ZHIPUAI_API_KEY", "OPENAI_API_KEY")
+
+
+def trainer_env() -> dict[str, str]:
+    """This process's environment without the secrets the trainer has no use for (TRAINER_HIDDEN_ENV)."""
+    return {k: v for k, v in os.environ.items() if k not in TRAINER_HIDDEN_ENV}
+
+
 def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False, processes: int = 1) -> int:
     """Start the trainer in its own process group, output to train.log; write job.json; return the pid."""
     run_dir = run_dir.resolve()
@@ -281,6 +291,7 @@ def spawn_trainer(config_path: Path, run_dir: Path, resume: bool = False, proces
             proc = subprocess.Popen(  # noqa: S603 - argument list built by trainer_command, no shell
                 trainer_command(config_path, run_dir, resume, processes),
                 cwd=REPO_ROOT,
+                env=trainer_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,

@@ -139,3 +139,101 @@ def test_blocks_load_weights_from_safetensors_only():
 
 def test_trainer_and_evaluator_load_weights_from_safetensors_only():
     assert_safetensors_only("finetune")
+
+
+# ---------------------------------------------------------------- a server that quotes the key back
+
+
+def run_cli_against(stage: str, url: str, backend: str, env_key: str) -> subprocess.CompletedProcess:
+    import os
+
+    args = [sys.executable, "-m", f"blocks.{stage}", "--project", "cli", "--backend", backend, "--base-url", url,
+            "--model", "m", "--concurrency", "2", "--source" if stage == "qa" else "--overwrite",
+            *(["raw"] if stage == "qa" else [])]  # fmt: skip
+    env = {**os.environ, env_key: SECRET}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["openai", "zhipu"])
+def test_key_quoted_back_in_error_bodies_reaches_no_file_or_output(backend, workspace):
+    """Issue 16 item 9: a server that puts the request's Authorization header into its error body (HTTP
+    400, a failure recorded per page) must not get the key into state.jsonl, reports or CLI output."""
+    from blocks.clean import CleanSettings, clean_pages
+    from blocks.llm import ClientSettings, RetryPolicy, make_client
+    from blocks.qa import QASettings, generate_qa
+
+    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02, item_timeout=20)
+    texts: dict[str, str] = {}
+    with FakeLLMServer(responder=campus_responder) as server:
+        server.fault_for = lambda messages: "echo_auth"
+        write_crawl(get_project("p").root)
+        write_crawl(get_project("cli").root)
+        client = make_client(ClientSettings(backend, "m", server.url, api_key=SECRET, timeout=10))
+        for stage, run in (
+            ("clean", clean_pages(get_project("p"), client, CleanSettings(concurrency=2), policy=policy)),
+            ("qa", generate_qa(get_project("p"), client, QASettings(source="raw"), policy=policy)),
+        ):
+            report = list(run)[-1]
+            assert report.failed == 3 and report.done == 0
+            texts[f"{stage} report"] = report.summary() + "\n".join(report.failures.values())
+        env_key = "ZHIPUAI_API_KEY" if backend == "zhipu" else "OPENAI_API_KEY"
+        for stage in ("clean", "qa"):
+            proc = run_cli_against(stage, server.url, backend, env_key)
+            assert proc.returncode == 1, proc.stderr[-1000:]  # pages failed, each with its reason
+            texts[f"cli {stage}"] = proc.stdout + proc.stderr
+        echoed = {r["auth"] for r in server.requests if r["fault"] == "echo_auth"}
+    assert echoed == {f"Bearer {SECRET}"}  # the server really had the key to quote back
+    assert "Authorization: Bearer ***" in texts["clean report"]  # the error is still told, key hidden
+    for where, text in texts.items():
+        assert SECRET not in text and SECRET[8:24] not in text, where
+    states = list(workspace.rglob("state.jsonl"))
+    assert len(states) == 4
+    for path in (p for p in workspace.rglob("*") if p.is_file()):
+        assert SECRET[8:24].encode() not in path.read_bytes(), path
+
+
+ENV_DUMP_TRAINER = """
+import json, os, sys
+from pathlib import Path
+
+run = Path(sys.argv[sys.argv.index("--run-dir") + 1])
+(run / "env.tmp").write_text(json.dumps(dict(os.environ)))
+os.replace(run / "env.tmp", run / "env.json")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_trainer_process_inherits_no_login_or_api_key(workspace, tmp_path, monkeypatch):
+    """Issue 16 item 9: the trainer runs for hours; its environment must not carry the app's login or keys."""
+    import json
+    import os
+    import time
+
+    import blocks.training as training
+
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    (mod / "env_dump_trainer.py").write_text(ENV_DUMP_TRAINER)
+    monkeypatch.setattr(training, "TRAINER_MODULE", "env_dump_trainer")
+    monkeypatch.setenv("PYTHONPATH", str(mod))
+    secrets = {"UMTCDS_AUTH": "admin:" + SECRET, "UMTCDS_API_KEY": SECRET, "ZHIPUAI_API_KEY": SECRET,
+               "OPENAI_API_KEY": SECRET}  # fmt: skip
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("UMTCDS_TEST_MARKER", "kept")
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 1\n")
+    run_dir = get_project("p").run_dir("run-1")
+    pid = training.spawn_trainer(config, run_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while not (run_dir / "env.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = json.loads((run_dir / "env.json").read_text())
+    finally:
+        os.waitpid(pid, 0)
+        training.release_lock(run_dir)
+    assert env["UMTCDS_TEST_MARKER"] == "kept"  # the rest of the environment is inherited
+    assert not set(secrets) & set(env)
+    assert SECRET not in json.dumps(env)
