@@ -644,6 +644,53 @@ def validate_config(cfg: TrainConfig, gpu: dict | None = None, check_machine: bo
     return problems
 
 
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this P-tuning v2 has too few layers/width to steer
+
+
+def config_advice(cfg: TrainConfig, model_config: dict | None) -> list[tuple[str, dict]]:
+    """Warnings that do not block training but change what the user gets, as (code, values); the
+    English text is ADVICE[code] (the UI translates by code)."""
+    out: list[tuple[str, dict]] = []
+    if cfg.method == "ptuning" and model_config is not None:
+        params = count_parameters(model_config)
+        if params < SMALL_MODEL_PARAMS:
+            out.append(("ptuning_small_model", {"millions": round(params / 1e6)}))
+    if cfg.max_steps > 0:
+        train = resolve_path(cfg.dataset_dir) / "train.jsonl" if cfg.dataset_dir.strip() else None
+        records = (
+            sum(1 for line in train.read_bytes().splitlines() if line.strip())
+            if train is not None and train.is_file()
+            else 0
+        )
+        per_step = max(1, cfg.batch_size * cfg.grad_accum)
+        epochs = round(cfg.max_steps * per_step / records, 1) if records else None
+        out.append(("max_steps_override", {"steps": cfg.max_steps, "epochs": cfg.num_epochs, "runs": epochs}))
+    return out
+
+
+ADVICE = {
+    "ptuning_small_model": (
+        "P-tuning v2 learns little on a {millions}M-parameter model: on the embedded 135M model with the "
+        "CPU demo settings it ended at loss 3.88 and answered 0 of 15 reworded questions, where LoRA "
+        "answered 11. Choose LoRA (or QLoRA) for small models and CPU runs; P-tuning v2 suits 6B+ models "
+        "such as GLM-4 trained for hundreds of steps on a GPU."
+    ),
+    "max_steps_override": (
+        "Max steps is {steps}, so Epochs ({epochs}) is ignored: training stops after {steps} steps"
+        "{runs_text}. Set max steps to -1 to train by epochs."
+    ),
+    "runs_text": " (about {runs} passes over the training set)",
+}
+
+
+def advice_text(code: str, values: dict, templates: dict | None = None) -> str:
+    """One advice line from its code and values (`templates`: a translation of ADVICE)."""
+    templates = templates or ADVICE
+    values = dict(values)
+    values["runs_text"] = templates["runs_text"].format(**values) if values.get("runs") else ""
+    return templates[code].format(**values)
+
+
 def load_preset(name: str, project: str | None = None) -> TrainConfig:
     """A preset config; with `project`, its dataset_dir points at that project's dataset."""
     import yaml
@@ -733,6 +780,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         for p in problems:
             print(f"problem: {p}")
+        model_config = (
+            None if any("config.json" in p for p in problems) else read_model_config(cfg.base_model)
+        )
+        for code, values in config_advice(cfg, model_config):
+            print(f"advice: {advice_text(code, values)}")
         print("config OK" if not problems else f"{len(problems)} problem(s)")
         return 1 if problems else 0
     except (ConfigError, ws.WorkspaceError) as exc:

@@ -531,3 +531,25 @@ def test_loss_chunks_hold_about_the_same_number_of_logits_whatever_the_vocabular
     assert loss_chunk_rows(49152) == 320  # SmolLM2
     assert loss_chunk_rows(1024) == 16384  # tiny vocabularies: big chunks
     assert loss_chunk_rows(10**7) == 64  # never below one 64-row tile
+
+
+def test_advice_says_when_ptuning_suits_not_this_model_and_when_epochs_are_ignored(tmp_path, tiny_model_dir):
+    import ui_config
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.jsonl").write_text("{}\n" * 40)
+    cfg = C.load_preset("cpu-demo")
+    cfg.base_model, cfg.dataset_dir = str(tiny_model_dir), str(dataset)
+    model_config = C.read_model_config(cfg.base_model)
+    advice = dict(C.config_advice(cfg, model_config))
+    assert "ptuning_small_model" not in advice  # LoRA: nothing to say about P-tuning
+    steps = C.advice_text("max_steps_override", advice["max_steps_override"])
+    assert f"Max steps is {cfg.max_steps}" in steps and "Epochs (3.0) is ignored" in steps
+    assert f"about {cfg.max_steps * cfg.batch_size / 40} passes" in steps
+    cfg.method, cfg.max_steps = "ptuning", -1
+    advice = C.config_advice(cfg, model_config)
+    assert [code for code, _ in advice] == ["ptuning_small_model"]
+    assert "Choose LoRA" in C.advice_text(*advice[0])
+    report = ui_config.describe_config(cfg, "zh")
+    assert "### 建议" in report and "请选 LoRA" in report and "Choose LoRA" not in report
