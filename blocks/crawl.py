@@ -420,10 +420,32 @@ def private_address(
     )
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that the host's stack or a gateway connects to.
+_IPV4_IN_LAST_32_BITS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "::ffff:0:0/96",  # IPv4-mapped (::ffff:127.0.0.1)
+        "::ffff:0:0:0/96",  # IPv4-translated (::ffff:0:7f00:1; SIIT, RFC 2765)
+        "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052): the gateway connects to the IPv4 address
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # IANA: all globally routable IPv6 unicast lies here
+
+
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for globally routable unicast addresses; IPv4 wrapped in IPv6 (::ffff:127.0.0.1) is unwrapped."""
+    """True for globally routable unicast addresses, by the address a connection really ends at.
+
+    IPv6 that carries an IPv4 address (mapped, translated, NAT64, 6to4, Teredo) is judged by that IPv4
+    address; any other IPv6 outside 2000::/3 (IPv4-compatible ::127.0.0.1, site-local fec0::/10, local-use
+    NAT64 64:ff9b:1::/48, unique-local, link-local, multicast, ...) is not public.
+    """
     if isinstance(address, ipaddress.IPv6Address):
-        wrapped = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        for net in _IPV4_IN_LAST_32_BITS:
+            if address in net:
+                return is_public_address(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address not in _GLOBAL_UNICAST_V6:
+            return False
+        wrapped = address.sixtofour or (address.teredo or (None, None))[1]
         if wrapped is not None and not is_public_address(wrapped):
             return False
     return address.is_global and not address.is_multicast

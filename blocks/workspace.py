@@ -118,12 +118,55 @@ def list_projects(data_dir: Path | None = None) -> list[str]:
     )
 
 
+# Folders a model root may not be, or lie in: the kernel's and the system's files, where a typed path would
+# read /proc/self/environ (the login, the keys) or /etc/shadow.
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/boot", "/run", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+               "/libx32", "/usr", "/var/run", "/var/lib", "/var/log", "/snap")  # fmt: skip
+# Folders too wide to be a model root (anything of anyone's could be under them); folders inside are fine.
+WIDE_DIRS = ("/", "/home", "/root", "/tmp", "/var", "/var/tmp", "/opt", "/mnt", "/media", "/srv", "/data")
+
+
+def check_model_root(root: str | Path) -> Path:
+    """Return the resolved model root, or raise WorkspaceError for a system folder, a folder too wide (/,
+    a home, /tmp), or a home's dot-folder (~/.ssh; the Hugging Face cache ~/.cache/huggingface is allowed)."""
+    raw = str(root).strip()
+    try:
+        path = Path(raw).expanduser().resolve() if raw and "\x00" not in raw else None
+    except (RuntimeError, OSError):
+        path = None
+    if path is None or not path.is_dir():
+        raise WorkspaceError(
+            f"The model root {raw[:200]!r} is not an existing folder: create it or fix the path."
+        )
+    homes = {Path("/root"), Path(os.path.expanduser("~")).resolve()} | set(Path("/home").glob("*"))
+    inside_home = next((h for h in homes if path.is_relative_to(h) and path != h), None)
+    hidden = inside_home is not None and any(
+        part.startswith(".") for part in path.relative_to(inside_home).parts
+    )
+    hf_cache = inside_home is not None and path.is_relative_to(inside_home / ".cache" / "huggingface")
+    system = any(path == Path(d) or path.is_relative_to(d) for d in SYSTEM_DIRS)
+    if system or str(path) in WIDE_DIRS or path in homes or (hidden and not hf_cache):
+        raise WorkspaceError(
+            f"The model root {raw} ({path}) would let the UI open files that are not models (system files, "
+            "a whole home or /tmp, or a dot-folder such as ~/.ssh): name the folder that holds the models, "
+            "for example /root/autodl-tmp/models."
+        )
+    return path
+
+
 def allowed_roots(extra: list[str] | None = None) -> list[Path]:
-    """Folders a path typed into the UI may point into: the workspace plus launch-time model roots."""
+    """Folders a path typed into the UI may point into: the workspace plus launch-time model roots.
+
+    A model root that check_model_root refuses (/proc, /etc, ~/.ssh, /) is left out, whoever set it.
+    """
     roots = [DATA_DIR, CONFIGS_DIR, MODELS_DIR]
     env = os.environ.get("UMTCDS_MODEL_ROOTS", "")
-    roots += [Path(p) for p in env.split(os.pathsep) if p.strip()]
-    roots += [Path(p) for p in (extra or [])]
+    chosen = [p for p in env.split(os.pathsep) if p.strip()] + list(extra or [])
+    for root in chosen:
+        try:
+            roots.append(check_model_root(root))
+        except WorkspaceError:
+            continue  # refused at launch (app.py) too; here it only must not widen the confinement
     return [r.resolve() for r in roots]
 
 

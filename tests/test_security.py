@@ -142,3 +142,138 @@ def test_demo_site_serves_nothing_outside_its_pages(target):
         conn.close()
     assert response.status in (400, 403, 404)
     assert b"root:" not in body and b'"answer"' not in body
+
+
+# ---------------------------------------------------------------- issue 16, item 10: IPv6 forms of private IPv4
+
+NON_PUBLIC_V4 = ["127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "100.64.0.1", "0.0.0.0"]
+
+
+def ipv6_forms(v4: str) -> list[str]:
+    """Every IPv6 spelling that carries `v4`: mapped, IPv4-compatible, translated (SIIT), NAT64 (well-known
+    and local-use prefixes), 6to4."""
+    import ipaddress
+
+    n = int(ipaddress.IPv4Address(v4))
+    hi, lo = n >> 16, n & 0xFFFF
+    return [f"::ffff:{v4}", f"::{v4}", f"::ffff:0:{hi:x}:{lo:x}", f"64:ff9b::{v4}", f"64:ff9b:1::{v4}",
+            f"2002:{hi:x}:{lo:x}::1"]  # fmt: skip
+
+
+NON_GLOBAL_V6 = ["fec0::1", "fec0:1:2::3", "feff::1", "fe80::1", "fd00::1", "fc00::1", "::1", "::",
+                 "ff02::1", "2001:db8::1", "100::1", "64:ff9b:1::1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("v4", NON_PUBLIC_V4)
+def test_every_ipv6_form_of_a_private_ipv4_address_is_not_public(v4):
+    import ipaddress
+
+    from blocks.crawl import is_public_address
+
+    for form in ipv6_forms(v4):
+        assert not is_public_address(ipaddress.ip_address(form)), form
+    for form in ipv6_forms("8.8.8.8")[:1] + ipv6_forms("8.8.8.8")[3:4]:  # mapped and NAT64 of a public one
+        assert is_public_address(ipaddress.ip_address(form)), form
+
+
+@pytest.mark.parametrize("address", NON_GLOBAL_V6)
+def test_non_global_ipv6_is_not_public_and_refused_when_exposed(address):
+    import ipaddress
+
+    from blocks.crawl import is_public_address
+
+    assert not is_public_address(ipaddress.ip_address(address))
+    with pytest.raises(FetchFailed, match="private"):
+        check_address(f"http://[{address}]:8080/", CrawlOptions(**EXPOSED))
+
+
+# ---------------------------------------------------------------- issue 16, item 7: the LLM base URL
+
+
+LLM_PRIVATE_URLS = [u.rstrip("/") + ("/v1" if u.endswith("/") else "") for u in PRIVATE_SPELLINGS] + [
+    "http://[64:ff9b::7f00:1]/v1",
+    "http://[::127.0.0.1]/v1",
+    "http://[fec0::1]/v1",
+]
+
+
+@pytest.mark.parametrize("backend", ["openai", "zhipu"])
+@pytest.mark.parametrize("url", LLM_PRIVATE_URLS)
+def test_exposed_app_refuses_a_private_llm_base_url_local_app_allows_it(url, backend):
+    from blocks.llm import ClientSettings, SettingsError, make_client
+
+    with pytest.raises(SettingsError, match="LLM API must be at a public address"):
+        make_client(ClientSettings(backend, "m", url, api_key="k" * 20, allow_private=False))
+    assert make_client(ClientSettings(backend, "m", url, api_key="k" * 20)).base_url == url
+
+
+@pytest.fixture()
+def internal_service():
+    """A loopback service with a secret page, answering any path and method with it (status per path)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status = int(self.path.strip("/").split("/")[0] or 200)
+            data = b"<html>INTERNAL-SECRET root:x:0:0 token=INTERNAL-SECRET</html>"
+            if self.path.endswith("/json/chat/completions"):
+                data = b'{"detail": "INTERNAL-SECRET", "items": ["INTERNAL-SECRET"]}'
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("backend", ["openai", "zhipu"])
+@pytest.mark.parametrize("path", ["200", "400", "404", "500", "200/json", "403/json", "422/json"])
+def test_llm_errors_never_echo_the_body_of_what_the_base_url_reached(path, backend, internal_service):
+    from blocks.llm import ClientSettings, LLMError, make_client
+
+    client = make_client(ClientSettings(backend, "m", f"{internal_service}/{path}", api_key="k" * 20))
+    with pytest.raises(LLMError) as caught:
+        client.chat([{"role": "user", "content": "hi"}])
+    assert "INTERNAL-SECRET" not in str(caught.value) and "root:x" not in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ["openai", "zhipu"])
+def test_exposed_llm_client_checks_the_address_each_connection_reached(backend, monkeypatch):
+    """DNS rebinding: the base URL's name resolves to a public address for the check and to 127.0.0.1 for
+    the connection; the connection is refused before a byte is sent, and the run stops (not per page)."""
+    import socket
+    import sys
+
+    from fake_llm_server import FakeLLMServer
+
+    from blocks.llm import ClientSettings, RefusedAddressError, make_client
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "llm.rebind.example.com":
+            return real(host, port, *args, **kwargs)
+        asker = sys._getframe(1).f_globals.get("__name__")
+        return real("93.184.216.34" if asker == "blocks.crawl" else "127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with FakeLLMServer() as server:
+        url = server.url.replace("127.0.0.1", "llm.rebind.example.com")
+        client = make_client(ClientSettings(backend, "m", url, api_key="k" * 20, allow_private=False))
+        with pytest.raises(RefusedAddressError, match="127.0.0.1"):
+            client.chat([{"role": "user", "content": "hi"}])
+        assert server.requests == []
+        local = make_client(ClientSettings(backend, "m", url, api_key="k" * 20))
+        assert local.chat([{"role": "user", "content": "hi"}]) == "hi"  # a local app may use it

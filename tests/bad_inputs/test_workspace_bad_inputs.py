@@ -69,3 +69,45 @@ def test_folder_left_under_the_lock_name_gets_a_clear_refusal(workspace):
 def test_run_ids_from_any_config_file_name_are_valid(config):
     run_id = tr.new_run_id(Path("configs") / config)
     assert ws.check_name(run_id, "run id") == run_id
+
+
+# ---------------------------------------------------------------- model roots (issue 16, item 10)
+
+# Folders a --model-root must not be: system folders (and what is inside them), folders too wide to hold
+# only models, and a home's dot-folders. Each exists on the test machine ("~" is the test's own home).
+SYSTEM_ROOTS = ["/proc", "/proc/self", "/sys", "/sys/kernel", "/dev", "/etc", "/etc/ssl", "/usr", "/usr/lib",
+                "/boot", "/run", "/var/log", "/"]  # fmt: skip
+WIDE_ROOTS = ["/tmp", "/home", "/root", "/var", "~"]
+HOME_DOT_FOLDERS = ["~/.ssh", "~/.config", "~/.aws/sub", "~/.cache"]
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """A home folder with the dot-folders a user keeps secrets in, and a Hugging Face cache."""
+    home = tmp_path / "home"
+    for folder in (".ssh", ".config", ".aws/sub", ".cache/huggingface/hub", "models"):
+        (home / folder).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.mark.parametrize("root", SYSTEM_ROOTS + WIDE_ROOTS + HOME_DOT_FOLDERS)
+def test_model_root_refuses_system_wide_and_dot_folders(root, home, workspace, monkeypatch):
+    if not Path(root).expanduser().is_dir():
+        pytest.skip(f"{root} does not exist here")
+    with pytest.raises(ws.WorkspaceError, match="would let the UI open files that are not models"):
+        ws.check_model_root(root)
+    # set anyway (an older app.py, or the environment): it does not widen what a typed path may reach
+    monkeypatch.setenv("UMTCDS_MODEL_ROOTS", str(Path(root).expanduser()))
+    target = {"/proc": "/proc/self/environ", "/": "/etc/passwd"}.get(root, str(Path(root).expanduser()))
+    with pytest.raises(ws.WorkspaceError, match="outside the workspace"):
+        ws.confine_path(target)
+
+
+def test_model_root_accepts_model_folders_and_the_hugging_face_cache(home, tmp_path, monkeypatch, workspace):
+    for root in (home / "models", home / ".cache" / "huggingface" / "hub", tmp_path):
+        assert ws.check_model_root(str(root)) == root.resolve()
+        monkeypatch.setenv("UMTCDS_MODEL_ROOTS", str(root))
+        assert ws.confine_path(root / "m") == (root / "m").resolve()
+    with pytest.raises(ws.WorkspaceError, match="not an existing folder"):
+        ws.check_model_root(str(tmp_path / "missing"))
