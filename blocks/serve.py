@@ -12,13 +12,18 @@ the non-streamed response also lists them as `sources` ([{url, title}]).
 Any OpenAI client works: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")`, with
 `model` set to the id listed by /v1/models. Requests are answered one at a time in arrival order
 (the model's lock), so concurrent clients queue instead of failing. Streaming uses server-sent events.
+A request body of the wrong shape gets 400 naming the field; one over MAX_REQUEST_BYTES gets 413, a
+prompt that does not fit the model's context with its max_tokens gets 400; a client that hangs up (streamed
+or not) ends its generation within a token or two, so the next client does not wait for a reply nobody reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import json
+import math
 import os
 import socket
 import sys
@@ -33,16 +38,92 @@ from blocks.chat import ChatError, GenParams, LoadedModel, ask_messages, load_mo
 from blocks.workspace import is_loopback
 
 API_KEY_ENV = "UMTCDS_API_KEY"
+MAX_REQUEST_BYTES = 1_000_000  # a request body above this gets 413 before it is parsed
+DISCONNECT_POLL_S = 0.2  # how often a running reply checks whether its client is still there
 
 
 class ServeError(ValueError):
     """A serve option the server refuses; the message says what to do."""
 
 
+class RequestError(ValueError):
+    """A request the server answers with an error status (400 unless given); the message names the field."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_body(body: object) -> dict:
+    """Return the request body if every field the server reads has the right type and a finite value,
+    else raise RequestError naming the first field that does not (OpenAI's types; unknown keys are left)."""
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str):
+        raise RequestError("model must be a string: the id listed by /v1/models.")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise RequestError("messages must be a list of {role, content} objects.")
+    if not messages:
+        raise RequestError("messages is empty: send at least one user message.")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RequestError(f"messages[{i}] must be an object with a string role and content.")
+        content = m.get("content")
+        if not (content is None or isinstance(content, str) or isinstance(content, list)):
+            raise RequestError(f"messages[{i}].content must be a string or a list of text parts.")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RequestError(f"{name} must be a whole number, got {json.dumps(value)[:40]}.")
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        value = body.get(name)
+        if value is not None and not _is_number(value):
+            raise RequestError(f"{name} must be a finite number, got {json.dumps(value)[:40]}.")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise RequestError("stream must be true or false.")
+    options = body.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise RequestError('stream_options must be an object such as {"include_usage": true}.')
+    return body
+
+
+def check_context(loaded: LoadedModel, messages: list[dict], max_new_tokens: int) -> None:
+    """Raise RequestError when the prompt plus max_tokens does not fit the model's context window.
+
+    The cheap character bound first: a prompt of more characters than the context has tokens x 16 is
+    refused before the tokenizer has to read it.
+    """
+    context = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
+    if not context:
+        return
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > context * 16:
+        raise RequestError(
+            f"The prompt ({chars} characters) is far beyond the model's context of {context} tokens: shorten it.",
+            413,
+        )
+    text = loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokens + max_new_tokens > context:
+        raise RequestError(
+            f"The prompt has {tokens} tokens; with max_tokens {max_new_tokens} that exceeds the model's context "
+            f"of {context} tokens: shorten the messages or lower max_tokens."
+        )
+
+
 def to_messages(raw: list[dict]) -> list[dict]:
     """OpenAI messages (string content or text parts) to plain {role, content} dicts."""
     messages = []
     for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise ChatError(f"messages[{i}] must be an object with role and content.")
         content = m.get("content")
         if isinstance(content, list):
             parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
@@ -59,6 +140,8 @@ def to_params(body: dict, max_new_tokens: int) -> GenParams:
     """Sampling settings from a request body, server defaults where absent."""
     defaults = GenParams(max_new_tokens=max_new_tokens)
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or defaults.max_new_tokens
+    if not 1 <= limit <= 8192:
+        raise ChatError(f"max_tokens {limit} is out of range: use 1 to 8192.")
     params = GenParams(
         temperature=defaults.temperature if body.get("temperature") is None else float(body["temperature"]),
         top_p=defaults.top_p if body.get("top_p") is None else float(body["top_p"]),
@@ -109,19 +192,28 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
     model_id = loaded.name
     app = FastAPI(title="UMTCDS model server", docs_url=None, redoc_url=None, openapi_url=None)
     started = int(time.time())
-    expected = api_key.encode() if api_key else None
+    expected = api_key.encode("utf-8") if api_key else None
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if expected is not None:
-            given = request.headers.get("authorization", "")
-            token = given[7:].encode() if given.lower().startswith("bearer ") else b""
-            if not hmac.compare_digest(token, expected):  # constant time: no guessing by timing
-                body = error_body(
-                    "Invalid or missing API key: send 'Authorization: Bearer <key>'.", "auth_error"
+    class Guard:
+        """Key and size checks as plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide a
+        client's disconnect from the endpoint (see collect_reply)."""
+
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] == "http":
+                headers = dict(scope["headers"])  # lower-case names, values as the bytes sent
+                refusal = refuse_request(
+                    headers.get(b"authorization", b""), headers.get(b"content-length"), expected
                 )
-                return JSONResponse(body, status_code=401)
-        return await call_next(request)
+                if refusal is not None:
+                    status, message, kind = refusal
+                    await JSONResponse(error_body(message, kind), status_code=status)(scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
+
+    app.add_middleware(Guard)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError):
@@ -137,20 +229,23 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
             "data": [{"id": model_id, "object": "model", "created": started, "owned_by": "umtcds"}],
         }
 
-    @app.post("/v1/chat/completions")
-    def chat_completions(body: dict[str, Any]):
-        if body.get("model") != model_id:
-            msg = f"The model {body.get('model')!r} does not exist: this server serves {model_id!r}."
-            return JSONResponse(error_body(msg, "invalid_request_error", "model_not_found"), status_code=404)
-        if int(body.get("n") or 1) != 1:
-            return JSONResponse(error_body("n must be 1.", "invalid_request_error"), status_code=400)
-        if not isinstance(body.get("messages"), list):
-            return JSONResponse(
-                error_body("messages must be a list.", "invalid_request_error"), status_code=400
-            )
+    async def chat_completions(request):
         try:
-            messages, hits = ground(to_messages(body["messages"]), project)
-            stream = stream_reply(loaded, messages, to_params(body, max_new_tokens))
+            body = await read_body(request)
+            if isinstance(body, dict) and body.get("model") != model_id:
+                msg = f"The model {str(body.get('model'))[:100]!r} does not exist: this server serves {model_id!r}."
+                return JSONResponse(
+                    error_body(msg, "invalid_request_error", "model_not_found"), status_code=404
+                )
+            check_body(body)
+            if body.get("n") not in (None, 1):
+                raise RequestError("n must be 1.")
+            params = to_params(body, max_new_tokens)
+            messages, hits = await asyncio.to_thread(ground, to_messages(body["messages"]), project)
+            stream = stream_reply(loaded, messages, params)
+            check_context(loaded, stream.messages, params.max_new_tokens)
+        except RequestError as exc:
+            return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=exc.status)
         except (ChatError, TypeError, ValueError) as exc:
             return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -158,11 +253,15 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = sse_events(stream, reply_id, created, model_id, include_usage, hits)
-            return StreamingResponse(events, media_type="text/event-stream")
+            return StreamingResponse(
+                until_disconnect(events, stream, request), media_type="text/event-stream"
+            )
         try:
-            text = "".join(stream)
+            text = await collect_reply(stream, request)
         except ChatError as exc:
             return JSONResponse(error_body(str(exc), "server_error"), status_code=500)
+        if text is None:  # the client hung up; nobody reads this
+            return JSONResponse(error_body("client disconnected", "server_error"), status_code=499)
         reply = stream.reply
         extra, sources = sources_text(text, hits)
         text += extra
@@ -186,7 +285,80 @@ def create_app(loaded: LoadedModel, api_key: str | None = None, max_new_tokens: 
             "usage": usage(reply),
         }
 
+    # Request is imported here (FastAPI is heavy): FastAPI must see the class itself, not the name.
+    chat_completions.__annotations__ = {"request": Request}
+    app.post("/v1/chat/completions")(chat_completions)
     return app
+
+
+async def read_body(request) -> object:
+    """The request's JSON body, read up to MAX_REQUEST_BYTES (413 beyond, also without a Content-Length)."""
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_REQUEST_BYTES:
+            raise RequestError(
+                f"The request body is over {MAX_REQUEST_BYTES} bytes: shorten the messages.", 413
+            )
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(f"The request body is not valid JSON ({type(exc).__name__}).") from None
+
+
+async def collect_reply(stream, request) -> str | None:
+    """The whole reply text, or None (the generation stopped) when the client disconnects first."""
+    job = asyncio.ensure_future(asyncio.to_thread(lambda: "".join(stream)))
+    while True:
+        done, _ = await asyncio.wait({job}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return job.result()
+        if await request.is_disconnected():
+            stream.stop()
+            await asyncio.wait({job})
+            return None
+
+
+async def until_disconnect(events: Iterator[str], stream, request):
+    """Pass on the server-sent events of `events` (pulled on a worker thread) until the client disconnects;
+    then the generation is stopped. (An ASGI server may not tell a streaming response that its client left.)"""
+    finished = object()
+    try:
+        while True:
+            pull = asyncio.ensure_future(asyncio.to_thread(next, events, finished))
+            while True:
+                done, _ = await asyncio.wait({pull}, timeout=DISCONNECT_POLL_S)
+                if done or await request.is_disconnected():
+                    break
+            if not done:
+                stream.stop()
+                return
+            event = pull.result()
+            if event is finished:
+                return
+            yield event
+    finally:
+        stream.stop()  # also when the response task is cancelled: the generation ends after its token
+
+
+def refuse_request(authorization: bytes, content_length: bytes | None, expected: bytes | None):
+    """(status, message, type) when a request is refused before it is read, else None.
+
+    The key is compared as bytes (a non-ASCII key arrives as its UTF-8 bytes) in constant time.
+    """
+    if expected is not None:
+        token = authorization[7:] if authorization[:7].lower() == b"bearer " else b""
+        if not hmac.compare_digest(token, expected):  # constant time: no guessing by timing
+            return 401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.", "auth_error"
+    if content_length is not None and (
+        not content_length.isdigit() or int(content_length) > MAX_REQUEST_BYTES
+    ):
+        return (
+            413,
+            f"The request body is over {MAX_REQUEST_BYTES} bytes: shorten the messages.",
+            "invalid_request_error",
+        )
+    return None
 
 
 def usage(reply) -> dict:
