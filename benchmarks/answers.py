@@ -53,7 +53,7 @@ def run(cmd: list[str], env: dict, label: str, timings: dict) -> str:
     return proc.stdout
 
 
-def train_and_evaluate(py, project, env, site_url, questions, dataset_args, tag, timings) -> dict:
+def train_and_evaluate(py, project, env, site_url, questions, dataset_args, tag, timings, modes) -> dict:
     run(
         [py, "-m", "blocks.dataset", "--project", project, "--split", "1:0:0", *dataset_args],
         env,
@@ -101,6 +101,8 @@ def train_and_evaluate(py, project, env, site_url, questions, dataset_args, tag,
             project,
             "--site",
             site_url,
+            "--modes",
+            modes,
         ],
         env,
         f"{tag} evaluate",
@@ -127,6 +129,11 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true", help="also train on the plain pairs, same config")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (printed) for inspection")
     parser.add_argument("--show", action="store_true", help="print every reply")
+    parser.add_argument(
+        "--modes",
+        default="base,tuned,base+retrieval,tuned+retrieval",
+        help="evaluation modes (comma-separated; base and base+retrieval do not depend on training)",
+    )
     args = parser.parse_args()
     site_dir = DATA / args.site
     questions = args.questions or site_dir / "reworded.jsonl"
@@ -159,7 +166,9 @@ def main() -> int:
         qa = (site_dir / "qa.jsonl").read_text(encoding="utf-8").replace("http://SITE", site_url)
         (workspace / project / "qa").mkdir(parents=True, exist_ok=True)
         (workspace / project / "qa" / "qa.jsonl").write_text(qa, encoding="utf-8")
-        results = {"ours": train_and_evaluate(py, project, env, site_url, questions, [], "ours", timings)}
+        results = {
+            "ours": train_and_evaluate(py, project, env, site_url, questions, [], "ours", timings, args.modes)
+        }
         if args.baseline:
             results["plain"] = train_and_evaluate(
                 py,
@@ -170,6 +179,7 @@ def main() -> int:
                 ["--rewordings", "0", "--no-retrieval"],
                 "plain",
                 timings,
+                args.modes,
             )
     finally:
         server.shutdown()

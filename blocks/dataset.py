@@ -376,7 +376,7 @@ def rewording_counts(records: list[dict]) -> dict:
             facts[meta.get("id") or _user_text(r)] += 0
     for r in records:
         key = r.get("meta", {}).get("variant_of")
-        if key and key in facts:
+        if key and key in facts and r["meta"].get("kind") != "raft":
             facts[key] += 1
     values = list(facts.values())
     histogram = Counter(values)
@@ -390,25 +390,43 @@ def rewording_counts(records: list[dict]) -> dict:
 
 
 def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tuple[QAPair, list]]:
-    """(pair, passages) for each original pair: the passages retrieval finds for its question, in search
-    order, with the source page's best-supporting passage put last when the search missed it; for a seeded share
-    (`raft_negatives`) every passage of the source page is withheld and the answer becomes 'the pages do
-    not say'."""
-    from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit, support_share
+    """(pair, passages) training records that teach reading: each original pair behind the passages
+    retrieval finds for it, and each fact's first rewording behind the passages found when the fact's own
+    Q/A passage is withheld (so the answer must be read from the page, as for a fact no pair states).
+    The source page's best-supporting passage is added when the search missed it (a record without it
+    is dropped), and the passages are shuffled (seeded) so that the answer is not always in the first.
+    For a seeded share (`raft_negatives`) of the originals every passage of the source page is withheld
+    and the answer becomes 'the pages do not say'."""
+    from blocks.index import NOT_FOUND_EN, NOT_FOUND_ZH, TOP_K, Hit, qa_source_key, support_share
 
     rng = random.Random(options.seed)
+    originals = {p.id or p.question: p for p in pairs if p.kind == "pair" and not p.variant_of}
     out = []
+    read_from_page: set[str] = set()
     for pair in pairs:
-        if pair.kind != "pair" or pair.variant_of:
+        if pair.kind == "pair" and not pair.variant_of:
+            fact, withheld = pair, set()
+        elif (
+            pair.kind == "reworded" and pair.variant_of in originals and pair.variant_of not in read_from_page
+        ):
+            read_from_page.add(pair.variant_of)
+            fact = originals[pair.variant_of]
+            withheld = {qa_source_key(fact.source, fact.question)}
+        else:
             continue
-        if options.raft_negatives > 0 and rng.random() < options.raft_negatives and pair.source:
+        if (
+            not withheld
+            and options.raft_negatives > 0
+            and rng.random() < options.raft_negatives
+            and pair.source
+        ):
             sources = {p.source for p in index.passages if p.url == pair.source}
             hits = index.search(pair.question, TOP_K, exclude=sources)
             if hits:
                 answer = NOT_FOUND_ZH if is_chinese(pair.question) else NOT_FOUND_EN
                 out.append((QAPair(**{**asdict(pair), "answer": answer, "kind": "raft"}), hits))
                 continue
-        hits = index.search(pair.question, TOP_K)
+        hits = index.search(pair.question, TOP_K, exclude=withheld or None)
         own = [
             h
             for h in hits
@@ -416,13 +434,15 @@ def raft_pairs(pairs: list[QAPair], index, options: DatasetOptions) -> list[tupl
         ]
         if not own and pair.source:
             candidates = [(support_share(pair.answer, p.text), p) for p in index.passages_of_url(pair.source)]
-            candidates = [c for c in candidates if c[0] >= 0.5]
+            candidates = [c for c in candidates if c[0] >= 0.5 and c[1].source not in withheld]
             if candidates:
                 gold = max(candidates, key=lambda c: c[0])[1]
                 hits = [h for h in hits if h.passage.id != gold.id][: TOP_K - 1] + [Hit(gold, 0.0)]
+            elif withheld:
+                continue  # only the withheld pair states this fact: nothing to read it from
         if not hits:
             continue
-        # Retrieval's own order, as in use (the answer's passage is first as often as search puts it there).
+        rng.shuffle(hits)
         out.append((QAPair(**{**asdict(pair), "kind": "raft"}), hits))
     return out
 
@@ -515,8 +535,8 @@ def split_records(pairs: list[QAPair], options: DatasetOptions, index=None) -> d
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for pair, group in zip(pairs, groups, strict=True):
         out[where[group]].append(build_record(pair, group, options))
-    train = [p for p, g in zip(pairs, groups, strict=True) if where[g] == "train"]
-    for pair in augment_pairs(train, options):
+    train = augment_pairs([p for p, g in zip(pairs, groups, strict=True) if where[g] == "train"], options)
+    for pair in train:
         if pair.kind == "reworded":
             out["train"].append(build_record(pair, group_of(pair), options))
     if index is not None:

@@ -353,6 +353,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def qa_source_key(url: str, question: str) -> str:
+    """The index's source key of a QA pair (its passage's `source`)."""
+    return "qa:" + _sha(f"{url}\n{question.strip()}")
+
+
 def collect_sources(project: Project) -> list[tuple[str, str, str, str, str]]:
     """(key, url, title, text, kind) for every page and QA pair of the project."""
     from blocks.clean import StageInputError, read_jsonl, read_page_text, read_pages
@@ -377,7 +382,7 @@ def collect_sources(project: Project) -> list[tuple[str, str, str, str, str]]:
         ):
             continue
         title = rec.get("title") if isinstance(rec.get("title"), str) else ""
-        key = "qa:" + _sha(f"{url}\n{q.strip()}")
+        key = qa_source_key(url, q)
         sources.append((key, url, title or url, f"Q: {q.strip()}\nA: {a.strip()}", "qa"))
     return sources
 

@@ -35,6 +35,8 @@ PAGES = {
     ),
 }
 
+PAGES_BY_URL = {url: text for url, _, text in PAGES.values()}
+
 
 def write_project(name: str = "site", pages=PAGES, qa: list[dict] | None = None):
     project = get_project(name)
@@ -230,7 +232,7 @@ def test_dataset_rewords_and_adds_retrieval_records_in_train_only(workspace):
     splits = {s: [json.loads(x) for x in (project.dataset_dir / f"{s}.jsonl").read_text().splitlines()]
               for s in ("train", "dev", "test")}  # fmt: skip
     kinds = report.stats["records_by_kind"]
-    assert kinds["train"]["pair"] == 2 and kinds["train"]["reworded"] == 6 and kinds["train"]["raft"] == 2
+    assert kinds["train"]["pair"] == 2 and kinds["train"]["reworded"] == 6 and kinds["train"]["raft"] == 4
     assert all(r["meta"]["kind"] == "pair" for s in ("dev", "test") for r in splits[s])
     assert report.stats["rewordings"]["min"] == 3 == report.stats["rewordings"]["max"]
     train_sources = {r["meta"]["source"] for r in splits["train"]}
@@ -240,6 +242,9 @@ def test_dataset_rewords_and_adds_retrieval_records_in_train_only(workspace):
             user = r["messages"][-2]["content"]
             assert r["meta"]["source"] in r["meta"]["passages"]  # the gold page is among the passages
             assert user.index("[1]") < user.rindex(r["messages"][-2]["content"].splitlines()[-1])
+            if r["meta"].get("variant_of"):  # a rewording read from the page: its own Q/A passage withheld
+                assert f"Q: {r['meta']['variant_of']}" not in user
+                assert PAGES_BY_URL[r["meta"]["source"]].split("\n")[0] in user
         if r["meta"]["kind"] == "reworded":
             assert r["messages"][-1]["content"] in {q["answer"] for q in qa}
 
