@@ -16,7 +16,7 @@ import ipaddress
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from blocks.models import default_model_path
 from blocks.workspace import (
@@ -27,6 +27,7 @@ from blocks.workspace import (
     is_loopback,
     list_projects,
 )
+from blocks.workspace import check_model_root as ws_check_model_root
 
 TABS = [
     # (module, English title, Chinese title)
@@ -130,16 +131,11 @@ def check_host(host: str) -> None:
 
 
 def check_model_root(root: str) -> str:
-    """A --model-root must be an existing folder and not the whole filesystem or a system folder."""
-    path = os.path.realpath(os.path.expanduser(root))
-    if not os.path.isdir(path):
-        raise LaunchError(f"--model-root {root} is not an existing folder: create it or fix the path.")
-    if path in ("/", os.path.realpath(os.path.expanduser("~"))) or path in ("/etc", "/root", "/home", "/usr"):
-        raise LaunchError(
-            f"--model-root {root} would let the UI open any file under {path}: name the folder that holds "
-            "the models (for example /root/autodl-tmp/models)."
-        )
-    return path
+    """A --model-root must be an existing folder that holds models, not a system or home-wide folder."""
+    try:
+        return str(ws_check_model_root(root))
+    except WorkspaceError as exc:
+        raise LaunchError(str(exc)) from exc
 
 
 def build_app(settings: LaunchSettings | None = None):
@@ -193,8 +189,8 @@ def build_app(settings: LaunchSettings | None = None):
         project.change(on_project, inputs=project, outputs=project, show_progress="hidden")
         with gr.Tabs():
             for module_name, en, zh in TABS:
-                with gr.Tab(L(en, zh)):
-                    importlib.import_module(module_name).build_tab(ctx)
+                with gr.Tab(L(en, zh)) as tab:
+                    importlib.import_module(module_name).build_tab(replace(ctx, tab=tab))
         L.bind(demo, switch)
     return demo
 

@@ -70,7 +70,7 @@ def build_tab(ctx: UIContext) -> None:
         progress=gr.Progress(),
     ):
         try:
-            client = make_client(build_settings(backend, key, url, model, "", 8))
+            client = make_client(build_settings(backend, key, url, model, "", 8, exposed=ctx.exposed))
             proj = get_project(project)
             flag = stop_flag(project, "clean")
             flag.clear()

@@ -81,6 +81,7 @@ class UIContext:
     default_model: str
     model_roots: list[str] = field(default_factory=list)
     exposed: bool = False  # bound to a non-loopback address
+    tab: gr.Tab | None = None  # the tab being built (its select event refreshes lists from disk)
 
 
 # ---------------------------------------------------------------- shared by the LLM-stage tabs
@@ -110,9 +111,10 @@ def stop_flag(project_name: str, stage: str) -> StopFlag:
 
 
 def build_settings(
-    backend, api_key, base_url, model, model_path, batch_size, static_cache=False
+    backend, api_key, base_url, model, model_path, batch_size, static_cache=False, exposed=False
 ) -> ClientSettings:
-    """Client settings from the form; a typed model folder must lie inside the workspace."""
+    """Client settings from the form; a typed model folder must lie inside the workspace, and an exposed
+    app's API base URL must be a public address (as the crawler's pages must)."""
     path = ""
     if backend == "local":
         path = str(confine_path(model_path)) if model_path else ""
@@ -124,6 +126,7 @@ def build_settings(
         model_path=path,
         batch_size=int(batch_size or 8),
         static_cache=bool(static_cache),
+        allow_private=not exposed,
     )
 
 

@@ -50,7 +50,7 @@ def build_tab(ctx: UIContext) -> None:
 
     def on_start(project, lang, path, bs, release, chunk, new, over, prompt, static, progress=gr.Progress()):
         try:
-            client = make_client(build_settings("local", "", "", "", path, bs, static))
+            client = make_client(build_settings("local", "", "", "", path, bs, static, exposed=ctx.exposed))
             flag = stop_flag(project, "clean")
             flag.clear()
             settings = CleanSettings(

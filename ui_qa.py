@@ -109,7 +109,9 @@ def build_tab(ctx: UIContext) -> None:
                 overwrite=bool(over),
                 release_model=bool(release),
             )
-            client = make_client(build_settings(backend, key, url, model, path, bs, static))
+            client = make_client(
+                build_settings(backend, key, url, model, path, bs, static, exposed=ctx.exposed)
+            )
             flag = stop_flag(project, "qa")
             flag.clear()
             proj = get_project(project)

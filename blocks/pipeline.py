@@ -47,7 +47,8 @@ class PipelineSettings:
     base_url: str = ""  # openai-compatible endpoint
     base_model: str = ""  # model to fine-tune; empty = the embedded model
     preset: str = ""  # empty: cpu-demo without a GPU, gpu-24gb with one
-    allow_private: bool = True
+    max_steps: int = 0  # training steps; 0 = the preset's (a quick try: a handful)
+    allow_private: bool = True  # crawl and LLM API may be at private addresses (False when exposed)
     allowed_origins: tuple[str, ...] = ()  # private origins allowed anyway (the app's own demo site)
 
 
@@ -165,6 +166,7 @@ def _qa(project, settings, stop, say):
                 model=settings.qa_model,
                 base_url=settings.base_url,
                 model_path=settings.qa_model_path,
+                allow_private=settings.allow_private,  # exposed app: the API must be public too
             )
         )
     except SettingsError as exc:
@@ -198,6 +200,10 @@ def _config(project: Project, settings: PipelineSettings) -> Path:
     cfg = load_preset(settings.preset or ("gpu-24gb" if big else "cpu-demo"), project.name)
     if settings.base_model:
         cfg.base_model = settings.base_model
+    if settings.max_steps > 0:
+        cfg.max_steps = settings.max_steps
+        cfg.save_steps = cfg.eval_steps = min(cfg.save_steps, settings.max_steps)
+        cfg.logging_steps = min(cfg.logging_steps, settings.max_steps)
     fit_lengths(cfg)
     return save_config(cfg, project.root / "configs" / "pipeline.yaml")
 
@@ -296,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         help="local model folder for QA (default: the embedded, English-only one)",
     )
     parser.add_argument("--base-model", default="", help="model folder to fine-tune (default: embedded)")
+    parser.add_argument(
+        "--max-steps", type=int, default=0, help="training steps (default: the preset's; a quick try: 5)"
+    )
     args = parser.parse_args(argv)
+    if args.max_steps < 0:
+        parser.error("--max-steps must be 0 (the preset's) or more")
     settings = PipelineSettings(
         args.start_url,
         max_pages=args.max_pages,
@@ -308,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         base_url=args.base_url,
         qa_model_path=args.qa_model_path,
         base_model=args.base_model,
+        max_steps=args.max_steps,
     )
     from blocks.workspace import WorkspaceError
 
